@@ -1,0 +1,92 @@
+"""`t2i` command line. Each subcommand lives in the module that does the work and exposes
+`add_arguments(parser)` and `run(args) -> int`; this file only wires them together.
+
+`main(argv)` returns an exit code (tests call it directly); `entry()` is the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command words) -> (module, one-line help). Modules are imported only when their
+# subcommand is parsed, so `t2i --help` stays fast and a broken optional extra (the web
+# app) cannot break unrelated commands.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "synth"): ("t2i.data.synthfaces", "generate a SynthFaces dataset in CelebA's layout"),
+    ("data", "captions"): ("t2i.data.captions", "write captions.json from the attribute file"),
+    ("data", "show"): ("t2i.data.show", "print a dataset summary and save a captioned grid"),
+    ("train", "vae"): ("t2i.train.vae", "stage 1: train the KL-VAE"),
+    ("train", "clip"): ("t2i.train.clip", "stage 2: train the tokenizer and CLIP"),
+    ("train", "unet"): ("t2i.train.unet", "stage 3: train the conditional latent UNet"),
+    ("train", "judge"): ("t2i.train.judge", "train the attribute classifier used by eval"),
+    ("train", "all"): ("t2i.train.all", "run every stage in order (resumable)"),
+    ("encode",): ("t2i.train.encode", "encode a dataset into a latent cache with the VAE"),
+    ("generate",): ("t2i.generate", "generate images from a prompt"),
+    ("live",): ("t2i.live", "interactive prompt loop that shows each image forming"),
+    ("serve",): ("t2i.app.server", "web demo (Gradio) with a streaming API"),
+    ("eval",): ("t2i.eval.run", "measure prompt faithfulness, FD and CLIP score"),
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2i", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, (module_name, help_text) in COMMANDS.items():
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text, description=help_text)
+        else:
+            if words[0] not in groups:
+                group_parser = top.add_parser(words[0], help=f"{words[0]} subcommands")
+                groups[words[0]] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            sub = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        try:
+            importlib.import_module(module_name).add_arguments(sub)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] == "t2i":
+                raise
+            # A subcommand whose optional dependency (e.g. the [app] extra) is missing still
+            # shows in --help and explains itself when run.
+            sub.set_defaults(_missing=str(e))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_module"):
+        parser.print_help()
+        return 0 if argv is None or not argv else 2
+    if getattr(args, "_missing", None):
+        print(f"t2i: this command needs an optional dependency: {args._missing}", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except CLIError as e:
+        print(f"t2i: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        # Our own code raises these with messages that name the bad path or value.
+        print(f"t2i: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("t2i: interrupted", file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from t2i import __version__
+
+    return f"t2i {__version__}"
+
+
+def entry() -> None:
+    sys.exit(main())
