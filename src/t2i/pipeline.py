@@ -1,0 +1,271 @@
+"""Text -> image inference: tokenizer + text encoder, UNet (EMA weights), VAE, a sampler.
+
+    pipe = T2IPipeline.from_pretrained("runs/demo")
+    images = pipe("a smiling woman with blond hair wearing eyeglasses", num_images=4, seed=0)
+
+`__call__` reads as the four steps of latent diffusion (Rombach et al. 2022): encode the
+prompt, initialise latents, denoise with classifier-free guidance, decode. Loading reads
+safetensors + JSON only. This module never imports `t2i.data` or `t2i.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from t2i.checkpoint import load_component, resolve_component
+from t2i.diffusion.guidance import cfg_denoiser
+from t2i.diffusion.samplers import SAMPLERS, img2img_start, karras_timesteps, make_denoiser, timesteps
+from t2i.diffusion.schedule import NoiseSchedule
+from t2i.models.unet import UNet, UNetConfig
+from t2i.models.vae import VAE, VAEConfig
+from t2i.text_encoder import TextEncoder
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_SAMPLER = "dpm++2m"
+MAX_STEPS = 1000
+MAX_IMAGES_PER_CALL = 256
+
+
+def default_device() -> torch.device:
+    """cuda > mps > cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class T2IPipeline:
+    def __init__(
+        self,
+        vae: VAE,
+        text_encoder: TextEncoder,
+        unet: UNet,
+        schedule: NoiseSchedule,
+        prediction: str,
+        image_size: int,
+        model_id: str = "t2i",
+    ):
+        self.vae, self.text_encoder, self.unet = vae.eval(), text_encoder.eval(), unet.eval()
+        self.schedule, self.prediction = schedule, prediction
+        self.image_size, self.model_id = image_size, model_id
+        self.device = torch.device("cpu")
+        self.last_seed: int | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None) -> T2IPipeline:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model directory not found: {model_dir}")
+        vae, _ = load_component(resolve_component(model_dir, "vae"), VAE, VAEConfig, "vae")
+        text_encoder = TextEncoder.from_pretrained(model_dir)
+        unet, meta = load_component(resolve_component(model_dir, "unet"), UNet, UNetConfig, "unet")
+        if unet.config.context_dim != text_encoder.hidden_dim:
+            raise ValueError(
+                f"{model_dir}: the UNet expects text states of width {unet.config.context_dim} but the "
+                f"text encoder gives {text_encoder.hidden_dim}; they come from different trainings"
+            )
+        diffusion = meta.get("diffusion", {})
+        index = model_dir / "model_index.json"
+        model_id = json.loads(index.read_text()).get("id", model_dir.name) if index.is_file() else model_dir.name
+        pipe = cls(
+            vae, text_encoder, unet,
+            schedule=NoiseSchedule.from_dict(diffusion.get("schedule", {})),
+            prediction=diffusion.get("prediction", "v"),
+            image_size=int(meta.get("image_size", 64)),
+            model_id=model_id,
+        )
+        return pipe.to(device if device is not None else default_device())
+
+    def to(self, device: str | torch.device) -> T2IPipeline:
+        self.device = torch.device(device)
+        for module in (self.vae, self.text_encoder, self.unet):
+            module.to(self.device)
+        return self
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Text states once per prompt: (hidden (P,L,D), mask (P,L), pooled (P,E))."""
+        return self.text_encoder.encode(prompts)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.vae.latent_shape(self.image_size)
+
+    def initial_noise(self, n: int, seed: int) -> torch.Tensor:
+        """(n, C, h, w) standard normal from a CPU generator, so a seed gives the same start
+        latents on every device."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((n, *self.latent_shape()), generator=g).to(self.device)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        uncond: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        ts: torch.Tensor,
+        guidance: float,
+        sampler: str,
+        generator: torch.Generator | None = None,
+        callback: Callable | None = None,
+    ) -> torch.Tensor:
+        """Run `sampler` from `latents` at ts[0] to x0 with classifier-free guidance
+        (Ho & Salimans 2022). cond/uncond text states are per image (N, ...)."""
+
+        def unet_fn(x, t, hidden, mask, pooled):
+            return self.unet(x, t, hidden, mask, pooled)
+
+        denoise = cfg_denoiser(
+            lambda x, t, ctx: make_denoiser(lambda xx, tt: unet_fn(xx, tt, *ctx), self.schedule, self.prediction)(x, t),
+            cond, uncond, guidance,
+        )
+        kwargs = {"karras": True} if sampler == "dpm++2m-karras" else {}
+        fn = SAMPLERS[sampler]
+        return fn(denoise, latents, ts, self.schedule, callback=callback, generator=generator, **kwargs)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Denoiser latents (N,C,h,w) -> images (N,3,H,W) float in [-1, 1]."""
+        return self.vae.decode(self.vae.denormalize(z.float())).clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """PIL image or (3,H,W)/(N,3,H,W) tensor in [-1,1] -> normalised latents (posterior mean)."""
+        x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image, self.image_size)
+        x = x[None] if x.ndim == 3 else x
+        return self.vae.normalize(self.vae.encode(x.to(self.device).float()).mean)
+
+    # -- the public call ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images: int = 1,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: int | None = None,
+        init_image=None,
+        strength: float = 0.8,
+        callback: Callable | None = None,
+        output_type: str = "pil",
+    ):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = _broadcast(negative_prompt, len(prompts))
+        check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=num_images * len(prompts),
+                       strength=strength)
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        self.last_seed = seed = secrets.randbits(31) if seed is None else int(seed)
+        n = num_images * len(prompts)
+
+        # 1. Encode the prompts (once each) and the negative/empty prompts, then repeat per image.
+        cond = _repeat(self.encode_prompt(prompts), num_images)
+        uncond = _repeat(self.encode_prompt(negatives), num_images)
+
+        # 2. Initial latents: noise at the first timestep, or a noised init image (SDEdit).
+        ts = (karras_timesteps(self.schedule, steps) if sampler == "dpm++2m-karras"
+              else timesteps(self.schedule, steps))
+        latents = self.initial_noise(n, seed)
+        generator = torch.Generator(self.device).manual_seed(seed + 1)
+        if init_image is not None:
+            x0 = self.encode_image(init_image).expand(n, -1, -1, -1)
+            ts, latents = img2img_start(self.schedule, ts, x0, strength, noise=latents)
+
+        # 3. Denoise.
+        if len(ts):
+            latents = self.denoise(latents, cond, uncond, ts, guidance, sampler, generator, callback)
+
+        # 4. Decode.
+        images = self.decode_latents(latents)
+        return images if output_type == "pt" else tensor_to_pil(images)
+
+
+def check_settings(steps: int, guidance: float, sampler: str, num_images: int = 1, strength: float = 0.8) -> None:
+    """Validate user-facing generation settings with errors that name the bad value."""
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if not 1 <= num_images <= MAX_IMAGES_PER_CALL:
+        raise ValueError(f"number of images must be in [1, {MAX_IMAGES_PER_CALL}], got {num_images}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+
+
+def _broadcast(negative: str | list[str] | None, n: int) -> list[str]:
+    if negative is None:
+        return [""] * n
+    if isinstance(negative, str):
+        return [negative] * n
+    if len(negative) != n:
+        raise ValueError(f"got {len(negative)} negative prompts for {n} prompts")
+    return list(negative)
+
+
+def _repeat(states: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, ...]:
+    return tuple(s.repeat_interleave(k, dim=0) for s in states)
+
+
+def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """PIL -> (3,size,size) in [-1,1]: centre square crop, then resize (the training preprocessing)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N,3,H,W) in [-1,1] -> list of PIL images."""
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors (keeps the norm of Gaussian noise)."""
+    a_flat, b_flat = a.flatten().double(), b.flatten().double()
+    omega = torch.arccos((a_flat @ b_flat / (a_flat.norm() * b_flat.norm())).clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return torch.lerp(a, b, w)
+    so = torch.sin(omega)
+    return ((torch.sin((1 - w) * omega) / so) * a.double() + (torch.sin(w * omega) / so) * b.double()).to(a.dtype)
+
+
+@torch.no_grad()
+def interpolate(
+    pipe: T2IPipeline, prompt_a: str, prompt_b: str, seed_a: int = 0, seed_b: int = 1, frames: int = 8,
+    steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, sampler: str = DEFAULT_SAMPLER,
+) -> list[Image.Image]:
+    """Images morphing from (prompt_a, seed_a) to (prompt_b, seed_b): slerp on the start noise,
+    lerp on the text states."""
+    check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=frames)
+    ha, ma, pa = pipe.encode_prompt([prompt_a])
+    hb, mb, pb = pipe.encode_prompt([prompt_b])
+    weights = torch.linspace(0, 1, frames).tolist()
+    hidden = torch.cat([torch.lerp(ha, hb, w) for w in weights])
+    pooled = torch.cat([torch.lerp(pa, pb, w) for w in weights])
+    mask = (ma | mb).expand(frames, -1)  # attend to the union of both prompts' tokens
+    na, nb = pipe.initial_noise(1, seed_a), pipe.initial_noise(1, seed_b)
+    latents = torch.cat([slerp(na, nb, w) for w in weights])
+    uncond = _repeat(pipe.encode_prompt([""]), frames)
+    ts = timesteps(pipe.schedule, steps)
+    generator = torch.Generator(pipe.device).manual_seed(seed_a + 1)
+    latents = pipe.denoise(latents, (hidden, mask, pooled), uncond, ts, guidance, sampler, generator)
+    return tensor_to_pil(pipe.decode_latents(latents))

@@ -1,0 +1,255 @@
+"""Stage 3: the conditional latent-diffusion UNet, trained on the VAE's latent cache with the
+frozen CLIP text encoder (or, with `--train-text-encoder`, fine-tuning it jointly as LDM does).
+
+Loss (one screen, minRF-style): sample a latent from the cached posterior, pick t, noise it,
+regress the v (or eps) target, weight by min-SNR-gamma (Hang et al. 2023); 10% of captions are
+replaced by "" so the same network is also the unconditional model for classifier-free
+guidance (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from t2i.checkpoint import atomic_write_json, resolve_component, save_component
+from t2i.config import config_to_dict, replace
+from t2i.data.latents import LatentCache
+from t2i.diffusion.schedule import NoiseSchedule
+from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
+from t2i.text_encoder import TextEncoder
+from t2i.train.loop import LoopConfig, Stage, StepOutput, train
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"  # cosine (squaredcos_cap_v2) | linear | scaled_linear
+    T: int = 1000
+    prediction: str = "v"  # v (Salimans & Ho 2022) | eps | x0
+    min_snr_gamma: float = 5.0  # 0 = unweighted MSE
+    caption_dropout: float = 0.1  # probability a caption is replaced by "" (CFG)
+
+
+@dataclass
+class UNetStageConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    train_text_encoder: bool = False
+    text_lr_scale: float = 0.1  # LR multiplier for the text encoder when fine-tuned jointly
+    sample_prompts: int = 8  # validation grid: this many fixed captions x 2 seeds
+
+
+PRESETS: dict[str, UNetStageConfig] = {
+    "tiny": UNetStageConfig(
+        unet=UNET_PRESETS["tiny"],
+        loop=LoopConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, ckpt_every=10,
+                        log_every=5, ema_decay=0.9, mixed_precision="no"),
+        sample_prompts=2,
+    ),
+    "synth64": UNetStageConfig(
+        unet=UNET_PRESETS["synth64"],
+        loop=LoopConfig(steps=6000, batch_size=64, lr=2e-3, warmup_steps=200, min_lr_ratio=0.05,
+                        ckpt_every=500, log_every=50, sample_every=1000, ema_decay=0.999),
+    ),
+    "celeba128": UNetStageConfig(
+        unet=UNET_PRESETS["celeba128"],
+        loop=LoopConfig(steps=100_000, batch_size=256, lr=3e-4, warmup_steps=1000, min_lr_ratio=0.1,
+                        ckpt_every=2000, log_every=100, sample_every=5000, ema_decay=0.9999,
+                        num_workers=4),
+    ),
+}
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Items of a latent cache: the posterior (mean, std), one caption and the attributes.
+    The sample seed from the loop's batch sampler picks the caption and the flip variant."""
+
+    def __init__(self, cache: LatentCache):
+        if cache.captions is None:
+            raise ValueError(f"latent cache {cache.directory} has no captions; re-encode a captioned dataset")
+        self.cache = cache
+        # The whole cache is small (20k x 2 x 4x16x16 fp16 = 40 MB): load it once.
+        self.mean = torch.from_numpy(cache.mean[:]).float()  # (V, N, C, h, w)
+        self.std = torch.from_numpy(cache.std[:]).float()
+        self.captions = cache.captions
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, key)
+        rng = random.Random(seed)
+        variant = rng.randrange(self.mean.shape[0])
+        return {"mean": self.mean[variant, i], "std": self.std[variant, i], "caption": rng.choice(self.captions[i])}
+
+
+class UNetStage(Stage):
+    name = "unet"
+
+    def __init__(self, cfg: UNetStageConfig, text_encoder: TextEncoder, cache: LatentCache,
+                 vae_dir: Path, image_size: int):
+        self.cfg = cfg
+        self.text_encoder = text_encoder
+        self.cache = cache
+        self.vae_dir = vae_dir
+        self.image_size = image_size
+        self.schedule = NoiseSchedule(cfg.diffusion.schedule, cfg.diffusion.T)
+        # The UNet's text widths come from the text encoder it is trained with.
+        self.unet_config = replace(cfg.unet, in_channels=cache.latent_shape[0], out_channels=cache.latent_shape[0],
+                                   context_dim=text_encoder.hidden_dim,
+                                   pooled_dim=text_encoder.embed_dim if cfg.unet.pooled_dim else 0)
+        self.sample_captions = [c[0] for c in cache.captions[: cfg.sample_prompts]]
+
+    def build(self):
+        modules = {"unet": UNet(self.unet_config)}
+        if self.cfg.train_text_encoder:
+            self.text_encoder.frozen = False
+            self.text_encoder.clip.requires_grad_(True)
+            modules["text"] = self.text_encoder
+        return modules
+
+    def lr_scale(self, name):
+        return self.cfg.text_lr_scale if name == "text" else 1.0
+
+    def collate(self, items):
+        items = [x for x in items if x is not None]
+        return {"mean": torch.stack([x["mean"] for x in items]), "std": torch.stack([x["std"] for x in items]),
+                "caption": [x["caption"] for x in items]}
+
+    def training_step(self, batch, ctx):
+        d = self.cfg.diffusion
+        B = batch["mean"].shape[0]
+        shape = batch["mean"].shape[1:]
+        # Fresh posterior sample each time: z = mean + std * eps, then the VAE's normalisation.
+        z = self.cache.normalize(batch["mean"] + batch["std"] * ctx.randn(B, *shape))  # (B, C, h, w)
+        t = ctx.randint(0, d.T, B)
+        noise = ctx.randn(B, *shape)
+        x_t = self.schedule.add_noise(z, noise, t)
+        target = self.schedule.training_target(z, noise, t, d.prediction)
+        drop = (ctx.rand(B) < d.caption_dropout).tolist()
+        captions = ["" if dropped else c for c, dropped in zip(batch["caption"], drop)]
+        text = ctx.models["text"] if "text" in ctx.models else self.text_encoder
+        hidden, mask, pooled = text.encode(captions)
+        pred = ctx.models["unet"](x_t, t, hidden, mask, pooled if self.unet_config.pooled_dim else None)
+        mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        weight = self.schedule.min_snr_weight(t, d.min_snr_gamma, d.prediction) if d.min_snr_gamma else 1.0
+        loss = (mse * weight).mean()
+        return StepOutput(loss, {"mse": mse.mean().detach()})
+
+    def _pipeline(self, ctx):
+        from t2i.models.vae import VAE, VAEConfig
+        from t2i.checkpoint import load_component
+        from t2i.pipeline import T2IPipeline
+
+        vae, _ = load_component(self.vae_dir, VAE, VAEConfig, "vae", device=ctx.device)
+        return T2IPipeline(vae, self.text_encoder, ctx.ema("unet"), self.schedule, self.cfg.diffusion.prediction,
+                           self.image_size).to(ctx.device)
+
+    def sample(self, ctx, path):
+        """A grid of fixed captions x 2 seeds with the EMA weights (20 DPM-Solver++ steps)."""
+        pipe = self._pipeline(ctx)
+        was_training = pipe.unet.training
+        images = pipe(self.sample_captions, num_images=2, steps=20, seed=0)
+        pipe.unet.train(was_training)
+        self.text_encoder.eval()
+        grid = make_grid(images, cols=4)
+        grid.save(path)
+        (path.with_suffix(".txt")).write_text("\n".join(self.sample_captions) + "\n")
+
+    def finish(self, ctx):
+        unet_dir = ctx.out_dir / "unet"
+        extra = {
+            "diffusion": {"schedule": self.schedule.to_dict(), "prediction": self.cfg.diffusion.prediction},
+            "image_size": self.image_size,
+            "latent_shape": list(self.cache.latent_shape),
+            "vae_hash": self.cache.vae_hash,
+            "train_text_encoder": self.cfg.train_text_encoder,
+            "stage_config": config_to_dict(self.cfg),
+        }
+        save_component(unet_dir, ctx.ema("unet"), self.unet_config, "unet", extra=extra)
+        if self.cfg.train_text_encoder:  # the fine-tuned text tower replaces the CLIP weights
+            clip = ctx.unwrap("text").clip
+            save_component(ctx.out_dir / "clip", clip, clip.config, "clip", extra={"fine_tuned_with_unet": True})
+        metrics = {"parameters": sum(p.numel() for p in ctx.ema("unet").parameters())}
+        atomic_write_json(unet_dir / "metrics.json", metrics)
+        return metrics
+
+
+def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset directory (used to build the latent cache if missing)")
+    parser.add_argument("--out", required=True, help="model directory; the UNet goes to OUT/unet/")
+    parser.add_argument("--vae", help="VAE (model dir or vae dir); default: the one in --out")
+    parser.add_argument("--clip", help="text encoder (model dir with tokenizer.json + clip/); default: --out")
+    parser.add_argument("--cache", help="latent cache dir; default OUT/latents (built with `t2i encode` if missing)")
+    parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--grad-accum", type=int)
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
+    parser.add_argument("--prediction", choices=["v", "eps"])
+    parser.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
+    parser.add_argument("--caption-dropout", type=float)
+    parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    parser.add_argument("--sample-every", type=int)
+    parser.add_argument("--ckpt-every", type=int)
+
+
+def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
+    cfg = PRESETS[args.preset]
+    loop = replace(cfg.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
+                   sample_every=args.sample_every, ckpt_every=args.ckpt_every,
+                   compile=True if args.compile else None)
+    if args.steps is not None and args.steps < loop.warmup_steps:
+        loop = replace(loop, warmup_steps=max(1, args.steps // 10))
+    diffusion = replace(cfg.diffusion, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
+                        caption_dropout=args.caption_dropout)
+    return replace(cfg, loop=loop, diffusion=diffusion, train_text_encoder=True if args.train_text_encoder else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    cfg = config_from_args(args)
+    vae_dir = resolve_component(args.vae or out, "vae")
+    text_encoder = TextEncoder.from_pretrained(args.clip or out)
+    cache_dir = Path(args.cache) if args.cache else out / "latents"
+    vae_meta = json.loads((vae_dir / "config.json").read_text())
+    if not (cache_dir / "index.json").is_file():
+        from t2i.train.encode import encode_dataset
+
+        print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
+        encode_dataset(vae_dir, args.data, cache_dir, split="train", flip=True)
+    from t2i.checkpoint import load_component
+    from t2i.models.vae import VAE, VAEConfig
+
+    vae, _ = load_component(vae_dir, VAE, VAEConfig, "vae")
+    cache = LatentCache.open(cache_dir, expect_vae_hash=vae.fingerprint())
+    image_size = int(cache.meta.get("image_size", 64))
+    del vae_meta
+    stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size)
+    metrics = train(stage, LatentDataset(cache), cfg.loop, out)
+    if metrics:
+        print(f"[unet] done: {json.dumps(metrics)}")
+    return 0
