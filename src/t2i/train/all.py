@@ -1,0 +1,155 @@
+"""`t2i train all`: every stage in order, skipping the ones that are up to date.
+
+    data check -> vae -> clip -> encode -> unet -> judge -> eval
+
+A stage is up to date when its output exists and was made from the same inputs: its
+fingerprint (preset, dataset, seed and the fingerprints of the stages it reads) is recorded
+in MODEL_DIR/model_index.json. A stage that was interrupted resumes from its last checkpoint
+(the shared loop does that); a stage whose inputs changed starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from t2i import __version__
+from t2i.checkpoint import atomic_write_json
+
+INDEX_NAME = "model_index.json"
+
+
+@dataclass
+class StageSpec:
+    name: str
+    output: str  # path under MODEL_DIR whose existence marks the stage done
+    depends: tuple[str, ...]
+    argv: list[str]  # `t2i` arguments
+
+
+def plan(data: str, out: str, preset: str, seed: int) -> list[StageSpec]:
+    common = ["--data", data, "--out", out, "--preset", preset, "--seed", str(seed)]
+    return [
+        StageSpec("vae", "vae/model.safetensors", (), ["train", "vae", *common]),
+        StageSpec("clip", "clip/model.safetensors", (), ["train", "clip", *common]),
+        StageSpec("encode", "latents/index.json", ("vae",),
+                  ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"), "--flip"]),
+        StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), ["train", "unet", *common]),
+        StageSpec("judge", "judge/model.safetensors", (), ["train", "judge", *common]),
+        StageSpec("eval", "eval/report.json", ("vae", "clip", "unet", "judge"),
+                  ["eval", "--model", out, "--data", data, "--seed", str(seed), "--preset", preset]),
+    ]
+
+
+def data_fingerprint(data: Path) -> str:
+    """Cheap identity of a dataset: its attribute/partition/metadata files' sizes and mtimes."""
+    parts = []
+    for p in sorted(data.rglob("*")):
+        if p.is_file() and p.suffix in (".txt", ".csv", ".jsonl", ".json") and ".t2i_cache" not in p.parts:
+            st = p.stat()
+            parts.append(f"{p.relative_to(data)}:{st.st_size}:{int(st.st_mtime)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def check_data(data: Path) -> dict:
+    from t2i.data.celeba import FaceDataset
+
+    summary = {}
+    for split in ("train", "val", "test"):
+        ds = FaceDataset(data, split=split)
+        summary[split] = len(ds)
+        summary["layout"] = ds.layout
+    if summary["train"] == 0:
+        raise ValueError(f"{data}: the train split is empty")
+    return summary
+
+
+def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ...] = ()) -> dict:
+    from t2i.cli import main
+
+    data_path, out_path = Path(data), Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    index_path = out_path / INDEX_NAME
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index.update(format="t2i-model", version=__version__, id=index.get("id", out_path.name))
+    stages = index.setdefault("stages", {})
+
+    t0 = time.perf_counter()
+    print(f"[all] checking data in {data}")
+    summary = check_data(data_path)
+    print(f"[all] data: {summary}")
+    base = f"{preset}:{seed}:{data_fingerprint(data_path)}"
+    fingerprints: dict[str, str] = {}
+    report = {"data": summary, "stages": {}}
+    for spec in plan(str(data_path), str(out_path), preset, seed):
+        upstream = "|".join(fingerprints[d] for d in spec.depends)
+        fp = hashlib.sha256(f"{spec.name}|{base}|{upstream}".encode()).hexdigest()[:16]
+        fingerprints[spec.name] = fp
+        record = stages.get(spec.name, {})
+        done = (out_path / spec.output).exists() and record.get("fingerprint") == fp
+        if spec.name in skip or done:
+            why = "skipped by request" if spec.name in skip else "up to date"
+            print(f"[all] {spec.name}: {why}")
+            report["stages"][spec.name] = {"seconds": 0.0, "status": why}
+            continue
+        ckpt = out_path / "checkpoints" / spec.name
+        if record.get("fingerprint") != fp:
+            # Inputs changed (or first run): stale checkpoints and outputs must not be resumed.
+            if record:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            record = {"fingerprint": fp}
+            stages[spec.name] = record
+            atomic_write_json(index_path, index)
+        print(f"[all] {spec.name}: t2i {' '.join(spec.argv)}")
+        start = time.perf_counter()
+        code = main(spec.argv)
+        seconds = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"stage {spec.name} failed with exit code {code}; rerun to resume")
+        record.update(seconds=round(record.get("seconds", 0.0) + seconds, 1), finished=time.time())
+        record["metrics"] = _stage_metrics(out_path, spec.name)
+        atomic_write_json(index_path, index)
+        report["stages"][spec.name] = {"seconds": round(seconds, 1), "status": "trained"}
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    _print_summary(out_path, index, report)
+    return report
+
+
+def _stage_metrics(out: Path, name: str) -> dict:
+    path = {"eval": out / "eval" / "report.json"}.get(name, out / name / "metrics.json")
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data.get("headline", data) if name == "eval" else data
+
+
+def _print_summary(out: Path, index: dict, report: dict) -> None:
+    print("\n[all] summary")
+    for name, rec in index["stages"].items():
+        now = report["stages"].get(name, {})
+        print(f"  {name:7s} {now.get('seconds', 0):8.1f} s this run ({now.get('status', '')}); "
+              f"{rec.get('seconds', 0):.1f} s in total")
+    headline = index["stages"].get("eval", {}).get("metrics", {})
+    if headline:
+        print("  eval headline: " + json.dumps(headline))
+    print(f"  total {report['total_seconds']:.1f} s; report: {out / 'eval' / 'report.html'}; "
+          f"samples: {out / 'samples'}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="model directory")
+    parser.add_argument("--preset", default="synth64", choices=["tiny", "synth64", "celeba128"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "clip", "encode", "unet", "judge", "eval"],
+                        help="stages not to run")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_all(args.data, args.out, args.preset, args.seed, tuple(args.skip))
+    return 0
