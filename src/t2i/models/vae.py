@@ -204,11 +204,12 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DiagonalGaussian]:
-        """Reconstruct x through a posterior sample (training) or the mean (sample=False)."""
+        """Reconstruct x through z = mean + std * noise (training: the caller draws the noise,
+        so runs are reproducible and rank-independent) or through the mean (noise=None)."""
         posterior = self.encode(x)
-        z = posterior.sample(generator) if sample else posterior.mode()
+        z = posterior.mode() if noise is None else posterior.mean + posterior.std * noise
         return self.decode(z), posterior
 
     @property
@@ -218,17 +219,24 @@ class VAE(nn.Module):
         return self.decoder.conv_out.weight
 
     # Latent normalisation ---------------------------------------------------------------
-    def _stat(self, value: float | tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(value, device=like.device, dtype=like.dtype)
-        return t.view(1, -1, 1, 1) if t.ndim else t
+    def latent_scale_shift(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) as tensors broadcastable to latents (B, C, h, w) like `like`."""
+
+        def as_tensor(value):
+            t = torch.as_tensor(value, device=like.device, dtype=like.dtype)
+            return t.view(1, -1, 1, 1) if t.ndim else t
+
+        return as_tensor(self.config.scale), as_tensor(self.config.shift)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latent -> the unit-scale latent the denoiser works on."""
-        return (z - self._stat(self.config.shift, z)) * self._stat(self.config.scale, z)
+        scale, shift = self.latent_scale_shift(z)
+        return (z - shift) * scale
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         """Denoiser latent -> raw latent for `decode`."""
-        return z / self._stat(self.config.scale, z) + self._stat(self.config.shift, z)
+        scale, shift = self.latent_scale_shift(z)
+        return z / scale + shift
 
     def set_latent_stats(self, shift, scale, how: str) -> None:
         """Store measured statistics (floats or per-channel sequences) in the config."""
