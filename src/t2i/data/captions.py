@@ -1,0 +1,389 @@
+"""Captions from CelebA's 40 attribute columns, and a parser that reads them back.
+
+Every attribute has a small phrase vocabulary (`VOCAB`): phrases that assert it present and
+phrases that assert it absent. Captions are assembled from those phrases only, so
+`caption_mentions` can recover exactly what a caption claims; the tests use that to prove a
+caption names the present attributes (and the negatives it chose) and nothing else.
+
+Conventions:
+- `Male` and `Young` are two-sided: both values are named ("man"/"woman", "young"/"old").
+- `No_Beard` is inverted: the *salient* value is -1 ("a beard"); +1 is only ever said as an
+  explicit negative ("clean-shaven").
+- Every other attribute is named only when present, plus occasional explicit negatives
+  ("without glasses", "no hat") drawn from absent attributes.
+- `Attractive` is subjective and never captioned. Attributes a dataset never varies are
+  never mentioned (`varied_attributes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from t2i.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+
+MAX_WORDS = 30
+UNCAPTIONED = frozenset({"Attractive"})  # subjective: not something a prompt should assert
+TWO_SIDED = ("Male", "Young")
+HAIR_COLOUR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+HAIR_TEXTURE = ("Wavy_Hair", "Straight_Hair")
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """How one attribute is said. `kind` decides where it goes in the sentence:
+    noun (subject), adj (before the subject), hair (colour/texture words before "hair"),
+    with ("with X"), wear ("wearing X"), photo ("a X photo of")."""
+
+    kind: str
+    pos: tuple[str, ...]  # phrases asserting the salient value
+    neg: tuple[str, ...] = ()  # phrases asserting the other value
+    salient: bool = True  # which value is "present" (False only for No_Beard)
+    neg_parse: tuple[str, ...] = field(default=())  # extra phrases the parser reads as negative
+
+
+def _with_neg(*nouns: str) -> tuple[str, ...]:
+    out = []
+    for n in nouns:
+        bare = re.sub(r"^(a|an) ", "", n)
+        out += [f"without {n}", f"no {bare}"]
+    return tuple(out)
+
+
+VOCAB: dict[str, Phrases] = {
+    "Male": Phrases("noun", ("man", "guy", "male", "gentleman"), ("woman", "lady", "female")),
+    "Young": Phrases("adj", ("young", "youthful"), ("old", "elderly", "older")),
+    "Bald": Phrases("adj", ("bald",), ("a full head of hair",), neg_parse=("not bald",)),
+    "Chubby": Phrases("adj", ("chubby", "plump"), ("a slim face",), neg_parse=("not chubby",)),
+    "Smiling": Phrases("with", ("a smile", "a big smile", "a happy smile"),
+                       ("a serious expression", "a neutral expression", "no smile"),
+                       neg_parse=("not smiling", "without a smile")),
+    "Mouth_Slightly_Open": Phrases("with", ("a slightly open mouth", "an open mouth", "parted lips"),
+                                   ("a closed mouth", "closed lips")),
+    "Black_Hair": Phrases("hair", ("black", "jet-black"), ("no black hair",)),
+    "Blond_Hair": Phrases("hair", ("blond", "blonde", "golden"), ("no blond hair",)),
+    "Brown_Hair": Phrases("hair", ("brown", "chestnut"), ("no brown hair",)),
+    "Gray_Hair": Phrases("hair", ("gray", "grey", "silver"), ("no gray hair",)),
+    "Wavy_Hair": Phrases("hair", ("wavy",), ("no wavy hair",)),
+    "Straight_Hair": Phrases("hair", ("straight",), ("no straight hair",)),
+    "Bangs": Phrases("with", ("bangs", "a fringe"), _with_neg("bangs", "a fringe")),
+    "Receding_Hairline": Phrases("with", ("a receding hairline",), _with_neg("a receding hairline")),
+    "No_Beard": Phrases("with", ("a beard", "a full beard"), ("clean-shaven", "no beard", "without a beard"),
+                        salient=False),
+    "Mustache": Phrases("with", ("a mustache", "a moustache"), _with_neg("a mustache", "a moustache")),
+    "Goatee": Phrases("with", ("a goatee",), _with_neg("a goatee")),
+    "Sideburns": Phrases("with", ("sideburns",), _with_neg("sideburns")),
+    "5_o_Clock_Shadow": Phrases("with", ("stubble", "a five o'clock shadow"), _with_neg("stubble")),
+    "Eyeglasses": Phrases("wear", ("glasses", "eyeglasses", "spectacles"),
+                          _with_neg("glasses", "eyeglasses", "spectacles")),
+    "Wearing_Hat": Phrases("wear", ("a hat",), _with_neg("a hat")),
+    "Wearing_Lipstick": Phrases("wear", ("lipstick", "red lipstick"), _with_neg("lipstick")),
+    "Heavy_Makeup": Phrases("wear", ("heavy makeup",), _with_neg("makeup")),
+    "Wearing_Earrings": Phrases("wear", ("earrings",), _with_neg("earrings")),
+    "Wearing_Necklace": Phrases("wear", ("a necklace",), _with_neg("a necklace")),
+    "Wearing_Necktie": Phrases("wear", ("a necktie", "a tie"), _with_neg("a necktie", "a tie")),
+    "Pale_Skin": Phrases("with", ("pale skin", "very fair skin"), ()),
+    "Rosy_Cheeks": Phrases("with", ("rosy cheeks", "pink cheeks"), _with_neg("rosy cheeks")),
+    "Arched_Eyebrows": Phrases("with", ("arched eyebrows",), ()),
+    "Bushy_Eyebrows": Phrases("with", ("bushy eyebrows", "thick eyebrows"), ()),
+    "Bags_Under_Eyes": Phrases("with", ("bags under the eyes",), ()),
+    "Narrow_Eyes": Phrases("with", ("narrow eyes",), ()),
+    "Big_Lips": Phrases("with", ("big lips", "full lips"), ()),
+    "Big_Nose": Phrases("with", ("a big nose", "a large nose"), ()),
+    "Pointy_Nose": Phrases("with", ("a pointy nose",), ()),
+    "High_Cheekbones": Phrases("with", ("high cheekbones",), ()),
+    "Oval_Face": Phrases("with", ("an oval face",), ()),
+    "Double_Chin": Phrases("with", ("a double chin",), ()),
+    "Blurry": Phrases("photo", ("blurry",), ()),
+}
+assert set(VOCAB) | UNCAPTIONED == set(CELEBA_ATTRIBUTES)
+CAPTIONED_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a in VOCAB)
+
+_PREFIXES = ("", "a photo of ", "a portrait of ", "a close-up of ", "a picture of ", "an image of ")
+
+
+def __getattr__(name: str):
+    # The architecture note lists RENDERED_ATTRIBUTES here; it lives with the renderer.
+    if name == "RENDERED_ATTRIBUTES":
+        from t2i.data.synthfaces import RENDERED_ATTRIBUTES
+
+        return RENDERED_ATTRIBUTES
+    raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_bool(attrs) -> dict[str, bool]:
+    """(40,) vector in {-1,+1} or {0,1} (numpy/torch/list) -> {name: present}."""
+    a = np.asarray(attrs, dtype=np.float32).reshape(-1)
+    if a.shape[0] != NUM_ATTRIBUTES:
+        raise ValueError(f"expected {NUM_ATTRIBUTES} attribute values, got {a.shape[0]}")
+    return {name: bool(a[i] > 0) for i, name in enumerate(CELEBA_ATTRIBUTES)}
+
+
+def _check_names(names) -> tuple[str, ...]:
+    names = tuple(names)
+    bad = [n for n in names if n not in ATTRIBUTE_INDEX]
+    if bad:
+        raise ValueError(f"unknown attribute name(s) {bad}; expected names from t2i.attributes.CELEBA_ATTRIBUTES")
+    return names
+
+
+def varied_attributes(rows) -> tuple[str, ...]:
+    """Captioned attributes that take both values somewhere in (N, 40) `rows`."""
+    r = np.asarray(rows) > 0
+    return tuple(a for a in CAPTIONED_ATTRIBUTES
+                 if r[:, ATTRIBUTE_INDEX[a]].any() and not r[:, ATTRIBUTE_INDEX[a]].all())
+
+
+def salient_mentions(attrs, attributes=None) -> dict[str, bool]:
+    """What a complete caption asserts: {attr: value} for two-sided attributes and for every
+    attribute that has its salient value (present; for No_Beard, a beard)."""
+    on = _as_bool(attrs)
+    names = CAPTIONED_ATTRIBUTES if attributes is None else _check_names(attributes)
+    out = {}
+    for a in names:
+        if a in UNCAPTIONED:
+            continue
+        if a in TWO_SIDED or on[a] == VOCAB[a].salient:
+            out[a] = on[a]
+    return out
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def _pick(rng: random.Random | None, options):
+    return options[0] if rng is None else rng.choice(options)
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _negative_phrase(a: str, rng) -> str:
+    """A clause asserting attribute `a` has its non-salient value: "without glasses",
+    "no hat", "clean-shaven" stand alone; noun phrases get "with" ("with a closed mouth")."""
+    p = _pick(rng, VOCAB[a].neg)
+    return p if p.split()[0] in ("without", "no", "not", "clean-shaven") else "with " + p
+
+
+def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random | None) -> str:
+    """Build one caption that asserts exactly `mentions` (salient values and two-sided ones)
+    plus the explicit negatives in `negate`."""
+    m = dict(mentions)
+    adjs, withs, wears = [], [], []
+    # Subject: sex noun (or "person"), with age and bald/chubby adjectives in front.
+    if "Male" in m:
+        noun = _pick(rng, VOCAB["Male"].pos if m.pop("Male") else VOCAB["Male"].neg)
+    else:
+        noun = "person"
+    if "Young" in m:
+        adjs.append(_pick(rng, VOCAB["Young"].pos if m.pop("Young") else VOCAB["Young"].neg))
+    for a in ("Bald", "Chubby"):
+        if m.pop(a, False):
+            adjs.append(_pick(rng, VOCAB[a].pos))
+    # Hair: "wavy blond hair"
+    hair_words = [_pick(rng, VOCAB[a].pos) for a in HAIR_TEXTURE + HAIR_COLOUR if m.pop(a, False)]
+    if hair_words:
+        withs.append(" ".join(hair_words) + " hair")
+    photo = [_pick(rng, VOCAB[a].pos) for a in list(m) if VOCAB[a].kind == "photo" and m.pop(a)]
+    for a in list(m):
+        if VOCAB[a].kind == "wear":
+            wears.append(_pick(rng, VOCAB[a].pos))
+        else:
+            withs.append(_pick(rng, VOCAB[a].pos))
+        m.pop(a)
+    if rng is not None:
+        rng.shuffle(withs)
+        rng.shuffle(wears)
+    negs = [_negative_phrase(a, rng) for a in negate]
+
+    article_words = " ".join(adjs + [noun])
+    article = "an" if article_words[0] in "aeiou" else "a"
+    subject = f"{article} {article_words}"
+    prefix = _pick(rng, _PREFIXES) if rng is not None else "a photo of "
+    if photo:
+        prefix = f"a {' '.join(photo)} photo of "
+    parts = []
+    if withs:
+        parts.append("with " + _join(withs))
+    if wears:
+        parts.append("wearing " + _join(wears))
+    if rng is not None and len(parts) > 1 and rng.random() < 0.5:
+        parts[0], parts[1] = parts[1], parts[0]
+    text = prefix + subject
+    if parts:
+        text += " " + ", ".join(parts)
+    return ", ".join([text] + negs)
+
+
+def complete_caption(attrs, rng: random.Random | None = None, negate=(), attributes=None) -> str:
+    """A caption naming every captioned attribute at its salient value (and Male/Young either
+    way). `rng=None` gives the canonical deterministic wording; `negate` lists absent
+    attributes to deny explicitly ("without eyeglasses"). `attributes` limits what may be
+    mentioned (default: all captioned attributes)."""
+    negate = list(_check_names(negate))
+    mentions = salient_mentions(attrs, attributes)
+    on = _as_bool(attrs)
+    for a in negate:
+        if a in TWO_SIDED or a in UNCAPTIONED:
+            raise ValueError(f"cannot negate {a!r}: it is two-sided or not captioned")
+        if on[a] == VOCAB[a].salient:
+            raise ValueError(f"cannot negate {a!r}: the attribute vector has it")
+        if not VOCAB[a].neg:
+            raise ValueError(f"attribute {a!r} has no negative phrase")
+    return _assemble(mentions, negate, rng)
+
+
+# Denying these of a woman would be odd ("a woman without a mustache"); only men get them.
+_MALE_ONLY = frozenset({"Mustache", "No_Beard", "Goatee", "Sideburns", "5_o_Clock_Shadow", "Bald",
+                        "Wearing_Necktie"})
+
+
+def _negatable(attrs, attributes) -> list[str]:
+    on = _as_bool(attrs)
+    names = CAPTIONED_ATTRIBUTES if attributes is None else _check_names(attributes)
+    return [a for a in names if a not in TWO_SIDED and a not in UNCAPTIONED and VOCAB[a].neg
+            and on[a] != VOCAB[a].salient and VOCAB[a].kind != "hair"
+            and (on["Male"] or a not in _MALE_ONLY)]
+
+
+def captions_for(attrs, rng: random.Random, n: int = 5, attributes=None) -> list[str]:
+    """`n` varied captions for one attribute vector. The first is complete (names every
+    salient captioned attribute); the others name a random subset (sex and age kept most
+    of the time). Any caption may add one or two explicit negatives. At most ~30 words."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    full = salient_mentions(attrs, attributes)
+    negatable = _negatable(attrs, attributes)
+    out = []
+    for i in range(n):
+        if i == 0:
+            chosen = dict(full)
+        else:
+            keep = rng.uniform(0.35, 1.0)
+            chosen = {a: v for a, v in full.items()
+                      if (a in TWO_SIDED and rng.random() < 0.9) or rng.random() < keep}
+        k = 0
+        if negatable and rng.random() < 0.3:
+            k = 1 if rng.random() < 0.8 or len(negatable) < 2 else 2
+        negs = rng.sample(negatable, k)
+        text = _assemble(chosen, negs, rng)
+        if i == 0 and len(text.split()) > MAX_WORDS:
+            text = _assemble(chosen, [], None)  # shortest wording, no extras
+        while i > 0 and len(text.split()) > MAX_WORDS and chosen:
+            chosen.pop(rng.choice([a for a in chosen]))
+            text = _assemble(chosen, negs, rng)
+        out.append(text)
+    return out
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _build_patterns() -> list[tuple[re.Pattern, str, bool]]:
+    entries = []
+    for a, v in VOCAB.items():
+        for p in v.pos:
+            entries.append((p, a, v.salient))
+        for p in v.neg + v.neg_parse:
+            entries.append((p, a, not v.salient))
+    entries.sort(key=lambda e: -len(e[0]))  # longest first: "no mustache" before "mustache"
+    return [(re.compile(r"(?<![\w-])" + re.escape(p) + r"(?![\w-])"), a, val) for p, a, val in entries]
+
+
+_PATTERNS = _build_patterns()
+
+
+def caption_mentions(caption: str) -> dict[str, bool]:
+    """Which attributes a caption asserts, and with what value (True = the CelebA column is
+    +1). Reads only this module's vocabulary; raises ValueError if one caption asserts both
+    values of an attribute."""
+    text = caption.lower()
+    taken = np.zeros(len(text) + 1, dtype=bool)
+    out: dict[str, bool] = {}
+    for pat, a, val in _PATTERNS:
+        for m in pat.finditer(text):
+            if taken[m.start():m.end()].any():
+                continue
+            taken[m.start():m.end()] = True
+            if a in out and out[a] != val:
+                raise ValueError(f"caption asserts both values of {a}: {caption!r}")
+            out[a] = val
+    return out
+
+
+# ----------------------------------------------------------------------------- files + CLI
+
+
+def caption_rng(seed: int, image_id: str) -> random.Random:
+    """Per-image generator: captions do not depend on the order images are processed in."""
+    return random.Random(f"t2i-captions/{int(seed)}/{image_id}")
+
+
+def build_captions(image_ids, rows, seed: int = 0, per_image: int = 5, attributes=None) -> dict[str, list[str]]:
+    """{image_id: [captions]} for (N, 40) ±1 `rows`; attributes default to the varied ones."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[1] != NUM_ATTRIBUTES or rows.shape[0] != len(image_ids):
+        raise ValueError(f"rows must be ({len(image_ids)}, {NUM_ATTRIBUTES}), got {rows.shape}")
+    names = varied_attributes(rows) if attributes is None else _check_names(attributes)
+    return {i: captions_for(r, caption_rng(seed, i), per_image, names) for i, r in zip(image_ids, rows)}
+
+
+def load_captions_file(path, image_ids=None) -> dict[str, list[str]]:
+    """Read a `{"000001.jpg": ["...", ...]}` captions file (ours or e.g. CelebA-Dialog's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object mapping image file names to caption lists")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(c, str) and c.strip() for c in v):
+            raise ValueError(f"{path}: entry {k!r} must be a non-empty list of non-empty strings")
+        out[str(k)] = v
+    if image_ids is not None:
+        missing = [i for i in image_ids if i not in out]
+        if missing:
+            raise ValueError(f"{path}: no captions for {len(missing)} image(s), e.g. {missing[0]!r}")
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root (any supported layout)")
+    p.add_argument("--per-image", type=int, default=5, help="captions per image (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output path (default DATA/captions.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from t2i.data.celeba import read_annotations
+
+    ann = read_annotations(args.data)
+    if not ann.has_attributes:
+        raise ValueError(f"{args.data}: layout {ann.layout!r} has no attribute file to caption from")
+    rows = np.where(ann.attributes > 0, 1, -1).astype(np.int8)
+    caps = build_captions(ann.image_ids, rows, seed=args.seed, per_image=args.per_image)
+    out = Path(args.out) if args.out else Path(ann.root) / "captions.json"
+    with open(out, "w") as f:
+        json.dump(caps, f, indent=0, ensure_ascii=False)
+    first = next(iter(caps.values()))
+    print(f"wrote {len(caps)} x {args.per_image} captions to {out}")
+    print(f"  e.g. {first[0]!r}")
+    return 0

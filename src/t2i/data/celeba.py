@@ -1,0 +1,508 @@
+"""Face datasets in CelebA's layouts: (image, caption, attributes) samples.
+
+Layouts recognised under `root` (checked in this order):
+- "torchvision": `root/celeba/` holding the official layout (torchvision's `CelebA(root)`).
+- "celeba":      `img_align_celeba/*.jpg`, `list_attr_celeba.txt`, `list_eval_partition.txt`.
+- "kaggle":      `img_align_celeba/img_align_celeba/*.jpg`, `list_attr_celeba.csv`
+                 (`image_id` column, -1/1) and `list_eval_partition.csv` (`image_id,partition`).
+- "imagefolder": images with `metadata.jsonl` lines `{"file_name": ..., "text": ...}` (the
+                 Hugging Face imagefolder convention); no attributes (zeros), no splits.
+
+Text files tolerate a UTF-8 BOM, CRLF line ends, runs of spaces and trailing spaces. Bad
+annotations raise ValueError/FileNotFoundError naming the file and line; an image that is
+missing or unreadable at load time yields `None` (counted in `dataset.skipped`, warned once),
+which `collate_skip_none` drops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from t2i.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+@dataclass
+class Annotations:
+    """Everything read from a dataset's text files (no image is opened)."""
+
+    root: Path  # the directory holding the annotation files
+    layout: str
+    image_dir: Path
+    image_ids: list[str]  # file names relative to image_dir
+    attributes: np.ndarray  # (N, 40) float32 in {0, 1}
+    partition: np.ndarray | None  # (N,) int8 0/1/2, or None when the layout has no splits
+    has_attributes: bool
+    texts: list[list[str]] | None = None  # imagefolder captions
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of a text file with BOM, CRLF and trailing whitespace removed."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    return [ln.rstrip() for ln in text.splitlines()]
+
+
+def _check_header(names: list[str], path: Path, lineno: int) -> list[int]:
+    """Map the file's column order to CELEBA_ATTRIBUTES; error on wrong names/count."""
+    if len(names) != NUM_ATTRIBUTES or set(names) != set(CELEBA_ATTRIBUTES):
+        unknown = [n for n in names if n not in ATTRIBUTE_INDEX]
+        missing = [n for n in CELEBA_ATTRIBUTES if n not in names]
+        raise ValueError(
+            f"{path}:{lineno}: expected the {NUM_ATTRIBUTES} CelebA attribute names, got {len(names)}"
+            + (f"; unknown {unknown[:5]}" if unknown else "") + (f"; missing {missing[:5]}" if missing else ""))
+    return [ATTRIBUTE_INDEX[n] for n in names]
+
+
+def _parse_values(values: list[str], path: Path, lineno: int) -> list[float]:
+    out = []
+    for v in values:
+        if v in ("1", "+1"):
+            out.append(1.0)
+        elif v in ("-1", "0"):
+            out.append(0.0)
+        else:
+            raise ValueError(f"{path}:{lineno}: attribute value {v!r} is not -1, 0 or 1")
+    return out
+
+
+def read_attr_txt(path: Path) -> tuple[list[str], np.ndarray]:
+    """Official `list_attr_celeba.txt`: count, names, then `file v1 ... v40` rows."""
+    lines = _read_lines(path)
+    if len(lines) < 2:
+        raise ValueError(f"{path}: expected a count line and an attribute-name line, got {len(lines)} line(s)")
+    try:
+        count = int(lines[0].strip())
+    except ValueError:
+        raise ValueError(f"{path}:1: expected the image count, got {lines[0][:40]!r}") from None
+    order = _check_header(lines[1].split(), path, 2)
+    ids, rows = [], []
+    for lineno, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != NUM_ATTRIBUTES + 1:
+            raise ValueError(f"{path}:{lineno}: expected a file name and {NUM_ATTRIBUTES} values, "
+                             f"got {len(parts) - 1} value(s)")
+        ids.append(parts[0])
+        rows.append(_parse_values(parts[1:], path, lineno))
+    if len(ids) != count:
+        raise ValueError(f"{path}:1: header says {count} images but {len(ids)} rows follow")
+    return ids, _reorder(rows, order)
+
+
+def read_attr_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """Kaggle `list_attr_celeba.csv`: `image_id,5_o_Clock_Shadow,...` then -1/1 rows."""
+    lines = _read_lines(path)
+    if not lines:
+        raise ValueError(f"{path}: empty file")
+    header = [h.strip() for h in lines[0].split(",")]
+    if not header or header[0] != "image_id":
+        raise ValueError(f"{path}:1: expected the first column to be 'image_id', got {header[0]!r}")
+    order = _check_header(header[1:], path, 1)
+    ids, rows = [], []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != NUM_ATTRIBUTES + 1:
+            raise ValueError(f"{path}:{lineno}: expected an image_id and {NUM_ATTRIBUTES} values, "
+                             f"got {len(parts) - 1} value(s)")
+        ids.append(parts[0])
+        rows.append(_parse_values(parts[1:], path, lineno))
+    return ids, _reorder(rows, order)
+
+
+def _reorder(rows: list[list[float]], order: list[int]) -> np.ndarray:
+    arr = np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_ATTRIBUTES)
+    out = np.zeros_like(arr)
+    out[:, order] = arr
+    return out
+
+
+def read_partition(path: Path, csv: bool) -> dict[str, int]:
+    lines = _read_lines(path)
+    out = {}
+    start = 1 if csv else 0
+    if csv and (not lines or [h.strip() for h in lines[0].split(",")] != ["image_id", "partition"]):
+        raise ValueError(f"{path}:1: expected the header 'image_id,partition'")
+    for lineno, line in enumerate(lines[start:], start=start + 1):
+        parts = [p.strip() for p in line.split(",")] if csv else line.split()
+        if not parts or parts == [""]:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}:{lineno}: expected '<image> 0|1|2', got {line[:60]!r}")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def _inside(root: Path, rel: str, where: str) -> str:
+    """Reject file names that escape `root` (../, absolute paths, symlinks pointing out)."""
+    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel.split("/")[0]:
+        raise ValueError(f"{where}: file_name {rel!r} must be a relative path inside {root}")
+    real_root = root.resolve()
+    target = (root / rel).resolve()
+    if target != real_root and real_root not in target.parents:
+        raise ValueError(f"{where}: file_name {rel!r} points outside the dataset root {root}")
+    return rel
+
+
+def read_metadata_jsonl(root: Path) -> tuple[list[str], list[list[str]], np.ndarray, bool]:
+    path = root / "metadata.jsonl"
+    ids, texts, rows = [], [], []
+    any_attr = False
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string 'file_name'")
+        rel = _inside(root, rec["file_name"], f"{path}:{lineno}")
+        text = rec.get("text", rec.get("caption", []))
+        text = [text] if isinstance(text, str) else text
+        if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+            raise ValueError(f"{path}:{lineno}: 'text' must be a string or a list of strings")
+        attrs = rec.get("attributes")
+        row = np.zeros(NUM_ATTRIBUTES, dtype=np.float32)
+        if attrs is not None:
+            any_attr = True
+            if isinstance(attrs, dict):
+                for k, v in attrs.items():
+                    if k not in ATTRIBUTE_INDEX:
+                        raise ValueError(f"{path}:{lineno}: unknown attribute {k!r}")
+                    row[ATTRIBUTE_INDEX[k]] = float(v > 0)
+            elif isinstance(attrs, list) and len(attrs) == NUM_ATTRIBUTES:
+                row[:] = (np.asarray(attrs, dtype=np.float32) > 0)
+            else:
+                raise ValueError(f"{path}:{lineno}: 'attributes' must be a dict or a list of {NUM_ATTRIBUTES}")
+        ids.append(rel)
+        texts.append([t for t in text if t.strip()])
+        rows.append(row)
+    if not ids:
+        raise ValueError(f"{path}: no images listed")
+    return ids, texts, np.stack(rows), any_attr
+
+
+def detect_layout(root) -> tuple[str, Path]:
+    """(layout name, directory holding the annotation files)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset directory not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"dataset path is not a directory: {root}")
+    nested = root / "celeba"
+    if (nested / "list_attr_celeba.txt").is_file():
+        return "torchvision", nested
+    if (root / "list_attr_celeba.txt").is_file():
+        return "celeba", root
+    if (root / "list_attr_celeba.csv").is_file():
+        return "kaggle", root
+    if (root / "metadata.jsonl").is_file():
+        return "imagefolder", root
+    raise FileNotFoundError(
+        f"{root}: no dataset found: expected list_attr_celeba.txt (official CelebA), celeba/list_attr_celeba.txt "
+        f"(torchvision), list_attr_celeba.csv (Kaggle) or metadata.jsonl (image folder)")
+
+
+def read_annotations(root) -> Annotations:
+    layout, base = detect_layout(root)
+    if layout == "imagefolder":
+        ids, texts, attrs, has = read_metadata_jsonl(base)
+        return Annotations(base, layout, base, ids, attrs, None, has, texts)
+    if layout == "kaggle":
+        ids, attrs = read_attr_csv(base / "list_attr_celeba.csv")
+        part_path, csv = base / "list_eval_partition.csv", True
+        image_dir = base / "img_align_celeba" / "img_align_celeba"
+        if not image_dir.is_dir():
+            image_dir = base / "img_align_celeba"
+    else:
+        ids, attrs = read_attr_txt(base / "list_attr_celeba.txt")
+        part_path, csv = base / "list_eval_partition.txt", False
+        image_dir = base / "img_align_celeba"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{base}: image directory not found: {image_dir}")
+    for i in ids:
+        _inside(image_dir, i, str(base))
+    partition = None
+    if part_path.is_file():
+        parts = read_partition(part_path, csv)
+        missing = [i for i in ids if i not in parts]
+        if missing:
+            raise ValueError(f"{part_path}: no partition for {len(missing)} image(s), e.g. {missing[0]!r}")
+        partition = np.asarray([parts[i] for i in ids], dtype=np.int8)
+    return Annotations(base, layout, image_dir, ids, attrs, partition, True)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_image(path, image_size: int) -> np.ndarray:
+    """CelebA preprocessing: centre square crop (178x218 -> the middle 178x178), resize to
+    `image_size` with antialiased bicubic. Returns (S, S, 3) uint8."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s))
+        if s != image_size:
+            im = im.resize((image_size, image_size), Image.BICUBIC, reducing_gap=None)
+        return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy)
+
+
+def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
+    try:
+        return load_image(args[0], args[1])
+    except Exception:  # noqa: BLE001 - any decode failure means "skip this image"
+        return None
+
+
+def _caption_fallback(attrs01: np.ndarray, varied: tuple[str, ...], seed: int, image_id: str) -> list[str]:
+    from t2i.data.captions import caption_rng, captions_for
+
+    return captions_for(np.where(attrs01 > 0, 1, -1), caption_rng(seed, image_id), 5, varied)
+
+
+class _LazyCaptions:
+    """list[list[str]]-like: captions made from attributes on first access (CelebA has 200k
+    images; generating them all up front would cost seconds nobody may need)."""
+
+    def __init__(self, attrs: np.ndarray, ids: list[str], seed: int):
+        from t2i.data.captions import varied_attributes
+
+        self._attrs, self._ids, self._seed = attrs, ids, seed
+        self._varied = varied_attributes(np.where(attrs > 0, 1, -1))
+        self._cache: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if i not in self._cache:
+            self._cache[i] = _caption_fallback(self._attrs[i], self._varied, self._seed, self._ids[i])
+        return self._cache[i]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """(image, caption, attributes) samples from any supported layout.
+
+    `ds[i]` or `ds[(i, sample_seed)]` -> {"image": (3,S,S) float32 in [-1,1], "caption": str,
+    "attributes": (40,) float32 {0,1}, "index": i}, or None for an unreadable image. The sample
+    seed (default: i) picks the caption and, with `flip=True`, the horizontal flip.
+    """
+
+    def __init__(self, root, split: str = "train", image_size: int = 64, flip: bool = False,
+                 captions=None, caption_seed: int = 0, preload: bool = False, workers: int | None = None):
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"split must be train, val, test or all, got {split!r}")
+        if int(image_size) < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        ann = read_annotations(root)
+        self.root, self.layout, self.split = Path(root), ann.layout, split
+        self.image_size, self.flip = int(image_size), bool(flip)
+        self.image_dir = ann.image_dir
+        if split == "all":
+            keep = np.arange(len(ann.image_ids))
+        elif ann.partition is None:
+            if ann.layout == "imagefolder" and split == "train":
+                keep = np.arange(len(ann.image_ids))  # no splits: train on everything
+            else:
+                raise ValueError(f"{ann.root}: layout {ann.layout!r} has no split file, so split {split!r} "
+                                 f"does not exist (use split='all')")
+        else:
+            keep = np.nonzero(ann.partition == SPLITS[split])[0]
+        self.image_ids = [ann.image_ids[i] for i in keep]
+        self.attributes = np.ascontiguousarray(ann.attributes[keep], dtype=np.float32)
+        self.has_attributes = ann.has_attributes
+        self.split_counts = ({s: int((ann.partition == k).sum()) for s, k in SPLITS.items()}
+                             if ann.partition is not None else {"all": len(ann.image_ids)})
+        self.captions = self._load_captions(ann, keep, captions, caption_seed)
+        self._bad: set[int] = set()
+        self._warned = False
+        self.pixels: torch.Tensor | None = None
+        self._valid: np.ndarray | None = None
+        if len(self.image_ids) and not any((self.image_dir / i).is_file() for i in self.image_ids[:20]):
+            raise FileNotFoundError(f"{self.image_dir}: none of the first listed images exist "
+                                    f"(e.g. {self.image_ids[0]!r}); is the image folder right?")
+        if preload:
+            self._preload(workers)
+
+    # -- captions
+    def _load_captions(self, ann: Annotations, keep, captions, seed):
+        from t2i.data.captions import load_captions_file
+
+        if captions is None and (ann.root / "captions.json").is_file():
+            captions = ann.root / "captions.json"
+        if captions is not None:
+            table = load_captions_file(captions, self.image_ids)
+            return [table[i] for i in self.image_ids]
+        if ann.texts is not None:
+            texts = [ann.texts[i] for i in keep]
+            empty = [self.image_ids[j] for j, t in enumerate(texts) if not t]
+            if empty and not ann.has_attributes:
+                raise ValueError(f"{ann.root / 'metadata.jsonl'}: image {empty[0]!r} has no 'text' and no attributes")
+            if not empty:
+                return texts
+        return _LazyCaptions(self.attributes, self.image_ids, seed)
+
+    # -- preload
+    def _cache_key(self) -> str:
+        h = hashlib.sha1()
+        h.update(f"v1 {self.layout} {self.image_size}\n".encode())
+        for i in self.image_ids:
+            try:
+                st = os.stat(self.image_dir / i)
+                h.update(f"{i} {st.st_size} {st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{i} missing\n".encode())
+        return h.hexdigest()
+
+    def _preload(self, workers: int | None) -> None:
+        S, n = self.image_size, len(self.image_ids)
+        cache_dir = self.root / ".t2i_cache"
+        npy = cache_dir / f"pixels_{self.split}_{S}.npy"
+        meta_path = npy.with_suffix(".json")
+        key = self._cache_key()
+        if npy.is_file() and meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+                if meta.get("key") == key:
+                    arr = np.load(npy, allow_pickle=False)
+                    if arr.shape == (n, 3, S, S):
+                        self._set_pixels(arr, np.asarray(meta["valid"], dtype=bool) if "valid" in meta else None)
+                        return
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable cache: rebuild it
+        arr = np.zeros((n, 3, S, S), dtype=np.uint8)
+        valid = np.ones(n, dtype=bool)
+        jobs = [(str(self.image_dir / i), S) for i in self.image_ids]
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        if workers > 1 and n >= 2000:
+            with ProcessPoolExecutor(workers) as ex:
+                results = ex.map(_load_or_none, jobs, chunksize=256)
+                for j, img in enumerate(results):
+                    self._store(arr, valid, j, img)
+        else:
+            for j, job in enumerate(jobs):
+                self._store(arr, valid, j, _load_or_none(job))
+        try:
+            cache_dir.mkdir(exist_ok=True)
+            tmp = npy.with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, npy)
+            meta = {"key": key, "n": n, "image_size": S, "split": self.split,
+                    "valid": valid.tolist() if not valid.all() else None}
+            meta_path.write_text(json.dumps(meta))
+        except OSError as e:  # read-only dataset: keep the pixels in memory only
+            warnings.warn(f"could not write pixel cache {npy}: {e}", stacklevel=3)
+        self._set_pixels(arr, valid)
+
+    def _store(self, arr, valid, j, img) -> None:
+        if img is None:
+            valid[j] = False
+            self._bad.add(j)
+        else:
+            arr[j] = img.transpose(2, 0, 1)
+
+    def _set_pixels(self, arr: np.ndarray, valid: np.ndarray | None) -> None:
+        self.pixels = torch.from_numpy(arr)
+        self._valid = valid
+        if valid is not None:
+            self._bad |= set(np.nonzero(~valid)[0].tolist())
+
+    # -- access
+    @property
+    def skipped(self) -> int:
+        """Images found missing or unreadable so far (in this process)."""
+        return len(self._bad)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _skip(self, i: int, why: str):
+        self._bad.add(i)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"skipping unreadable image {self.image_dir / self.image_ids[i]} ({why}); "
+                          f"further bad images are skipped silently and counted in dataset.skipped", stacklevel=3)
+        return None
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            i, sample_seed = int(key[0]), int(key[1])
+        else:
+            i = int(key)
+            sample_seed = i
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n} images")
+        i %= n
+        if self.pixels is not None:
+            if self._valid is not None and not self._valid[i]:
+                return self._skip(i, "unreadable at preload")
+            chw = self.pixels[i]
+        else:
+            path = self.image_dir / self.image_ids[i]
+            try:
+                hwc = load_image(path, self.image_size)
+            except FileNotFoundError:
+                return self._skip(i, "missing")
+            except Exception as e:  # noqa: BLE001 - corrupt/truncated files of any kind
+                return self._skip(i, f"{type(e).__name__}: {e}")
+            chw = torch.from_numpy(hwc).permute(2, 0, 1)
+        rng = random.Random(f"{i}/{sample_seed}")
+        caps = self.captions[i]
+        caption = caps[rng.randrange(len(caps))]
+        img = chw.float().div(127.5).sub(1.0)  # (3, S, S) in [-1, 1]
+        if self.flip and rng.random() < 0.5:
+            img = img.flip(-1)
+        return {"image": img.contiguous(), "caption": caption,
+                "attributes": torch.from_numpy(self.attributes[i].copy()), "index": i}
+
+    def summary(self) -> dict:
+        return {"root": str(self.root), "layout": self.layout, "split": self.split, "images": len(self),
+                "splits": self.split_counts, "image_size": self.image_size,
+                "has_attributes": self.has_attributes, "skipped": self.skipped,
+                "preloaded": self.pixels is not None}
+
+
+def collate_skip_none(batch: list) -> dict | None:
+    """Stack a list of samples, dropping the `None`s of unreadable images. Returns None when
+    every sample was dropped."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return {"image": torch.stack([b["image"] for b in batch]),
+            "caption": [b["caption"] for b in batch],
+            "attributes": torch.stack([b["attributes"] for b in batch]),
+            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}

@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests are hermetic: no network, no telemetry, tiny data in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports gradio / huggingface_hub.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+
+SYNTH_N = 96
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A SynthFaces set of 96 images (seed 0, 178x218) with captions.json, made once per session.
+    Treat it as read-only (copy it to tmp_path before changing anything)."""
+    from t2i.data.synthfaces import generate
+
+    out = tmp_path_factory.mktemp("synthfaces") / "synth"
+    generate(out, SYNTH_N, seed=0, workers=1)
+    return out
