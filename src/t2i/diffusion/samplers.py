@@ -220,8 +220,9 @@ def sample_euler_ancestral(
 
 
 def _sigma(schedule: NoiseSchedule, t: torch.Tensor) -> float:
-    a = schedule.alphas_cumprod_at(t.detach().cpu()).double()[0].item()
-    return math.sqrt((1 - a) / a)
+    # float32 like `schedule.sigmas`, so an integer t gives exactly the table's sigma
+    a = schedule.alphas_cumprod_at(t.detach().cpu()[:1])
+    return ((1 - a) / a).sqrt().double().item()
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
