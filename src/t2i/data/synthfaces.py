@@ -132,7 +132,7 @@ class _Style:
         u = rng.random(40)
         return cls(
             cx=(u[0] - 0.5) * 10, cy=(u[1] - 0.5) * 8, scale=0.94 + 0.12 * u[2],
-            angle=(u[3] - 0.5) * 12, width=0.95 + 0.10 * u[4],
+            angle=(u[3] - 0.5) * 12, width=0.96 + 0.08 * u[4],
             skin_t=u[5], skin_jit=(rng.random(3) - 0.5) * 12,
             hair_shade=int(u[6] * 3), hair_len=u[7], hair_part=u[8] - 0.5, wave_phase=u[9] * 6.28,
             eye_colour=int(u[10] * len(_EYES)), brow_tilt=(u[11] - 0.5) * 3,
@@ -160,6 +160,19 @@ def _mul(c, f: float, alpha: int | None = None) -> tuple:
 
 def _mix(a, b, t: float) -> tuple:
     return tuple(int(round(x * (1 - t) + y * t)) for x, y in zip(a[:3], b[:3]))
+
+
+def _lum(c) -> float:
+    return 0.3 * c[0] + 0.59 * c[1] + 0.11 * c[2]
+
+
+def _darker_than(colour, skin, margin: float) -> tuple:
+    """`colour`, scaled down until its luminance is at least `margin` below the skin's."""
+    target = _lum(skin) - margin
+    lum = _lum(colour)
+    if lum <= target:
+        return tuple(colour)
+    return _mul(colour, max(0.12, target / max(lum, 1.0)))
 
 
 def _ellipse_pts(x, y, rx, ry, t0=0.0, t1=2 * math.pi, n=36) -> list[tuple[float, float]]:
@@ -199,6 +212,31 @@ class _Canvas:
         self.line(pts + pts[:2], fill, width)
 
 
+_NOISE_BANK: np.ndarray | None = None
+
+
+def _noise_patch(seed: int, h: int, w: int) -> np.ndarray:
+    """Sensor-like Gaussian noise (sigma 2.5): a random window of a fixed noise bank, which
+    costs a slice instead of ~100k fresh normal draws per image."""
+    global _NOISE_BANK
+    if _NOISE_BANK is None:
+        _NOISE_BANK = np.random.default_rng(12345).standard_normal((512, 512, 3), dtype=np.float32) * 2.5
+    bh, bw = _NOISE_BANK.shape[:2]
+    if h > bh or w > bw:  # unusually large images: fresh noise
+        return np.random.default_rng(seed).standard_normal((h, w, 3), dtype=np.float32) * 2.5
+    y, x = seed % (bh - h + 1), (seed // 7919) % (bw - w + 1)
+    return _NOISE_BANK[y:y + h, x:x + w]
+
+
+def _ramp(w: int, h: int, angle: float) -> np.ndarray:
+    """(h, w) float32 linear ramp from 0 to 1 along direction `angle`."""
+    xs = np.float32(math.cos(angle)) * np.arange(w, dtype=np.float32) / w
+    ys = np.float32(math.sin(angle)) * np.arange(h, dtype=np.float32) / h
+    d = ys[:, None] + xs[None, :]
+    lo, hi = float(d.min()), float(d.max())
+    return (d - lo) / max(hi - lo, 1e-6)
+
+
 def render_face(attrs: np.ndarray, rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
     """Draw one face for a (40,) ±1 attribute vector. `size` is (width, height); the face is
     placed like CelebA's aligned crops (eyes ~51% down, face filling the centre square)."""
@@ -212,12 +250,12 @@ def render_face(attrs: np.ndarray, rng: np.random.Generator, size: tuple[int, in
     st = _Style.draw(rng)
     k = SUPERSAMPLE
 
-    # Background: a linear gradient between two random colours.
-    yy, xx = np.mgrid[0:h * k, 0:w * k].astype(np.float32)
-    d = (np.cos(st.bg_angle) * xx / (w * k) + np.sin(st.bg_angle) * yy / (h * k))
-    t = ((d - d.min()) / max(1e-6, float(d.max() - d.min())))[..., None]
-    bg = st.bg1 * (1 - t) + st.bg2 * t
-    img = Image.fromarray(bg.astype(np.uint8), "RGB")
+    # Background: a linear gradient between two random colours, via one 8-bit ramp and a
+    # per-channel lookup table (PIL's point() is far cheaper than float maths per pixel).
+    ramp = Image.fromarray((_ramp(w * k, h * k, st.bg_angle) * 255).astype(np.uint8), "L")
+    ts = np.linspace(0.0, 1.0, 256)
+    img = Image.merge("RGB", [ramp.point([int(c0 + (c1 - c0) * t) for t in ts])
+                              for c0, c1 in zip(st.bg1, st.bg2)])
 
     # Face placement: CelebA's aligned 178x218 crops put the face centre at ~(89, 114);
     # other sizes scale with the smaller side so the face fills the centre square.
@@ -229,10 +267,9 @@ def render_face(attrs: np.ndarray, rng: np.random.Generator, size: tuple[int, in
     # Lighting: a directional gradient, global brightness and a slight colour cast, then
     # sensor-like noise; applied to the whole photo like a real camera would.
     arr = np.asarray(img, dtype=np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    g = (np.cos(st.light_dir) * (xx / w - 0.5) + np.sin(st.light_dir) * (yy / h - 0.5)) * 2
-    gain = (st.bright * (1 + st.light_amp * g))[..., None] * st.cast[None, None, :]
-    noise = np.random.default_rng(st.noise_seed).normal(0, 2.5, size=arr.shape).astype(np.float32)
+    g = _ramp(w, h, st.light_dir) * 2 - 1  # (h, w) in [-1, 1]
+    gain = (np.float32(st.bright) * (1 + np.float32(st.light_amp) * g))[..., None] * st.cast.astype(np.float32)
+    noise = _noise_patch(st.noise_seed, h, w)
     arr = np.clip(arr * gain + noise, 0, 255).astype(np.uint8)
     out = Image.fromarray(arr, "RGB")
     out.info["jpeg_quality"] = st.jpeg_quality
@@ -241,7 +278,7 @@ def render_face(attrs: np.ndarray, rng: np.random.Generator, size: tuple[int, in
 
 def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
     male, young = on["Male"], on["Young"]
-    rx = 44.0 * st.width * (1.18 if on["Chubby"] else 1.0) * (1.03 if male else 1.0)
+    rx = 44.0 * st.width * (1.22 if on["Chubby"] else 1.0) * (1.03 if male else 1.0)
     ry = 57.0
     # Skin: interpolate a palette of realistic tones; "pale" is far lighter and pinker than
     # the lightest normal tone so lighting jitter cannot blur the two.
@@ -259,9 +296,10 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
     hair_dark = _mul(hair, 0.72)
     bald, hat, wavy, bangs = on["Bald"], on["Wearing_Hat"], on["Wavy_Hair"], on["Bangs"]
     long_hair = not male and not bald
-    beard_col = _mul(hair, 0.85) if not bald else (70, 50, 36)
-    if hair_key == "Blond_Hair":
-        beard_col = _mul(hair, 0.80)
+    # Facial hair follows the hair colour but is kept clearly darker than the skin, so a
+    # red beard on dark skin still reads as a beard at 64px.
+    beard_col = _darker_than(_mul(hair, 0.85) if not bald else (70, 50, 36), skin, 45)
+    mustache_col = _darker_than(_mul(beard_col, 0.7), skin, 60)
 
     # 1. Hair behind the head (long hair reaches the shoulders).
     if not bald:
@@ -286,7 +324,7 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
         cv.ellipse(0, -14, rx * 0.98, ry * 0.82, skin)
         cv.ellipse(-rx * 0.25, -ry * 0.72, rx * 0.28, 7, _mul(skin, 1.18, 170))
     if on["Chubby"]:  # round cheeks + double chin
-        cv.line(_ellipse_pts(0, ry - 6, 22, 6, 0.3, math.pi - 0.3, 12), _mul(skin, 0.72), 2.6)
+        cv.line(_ellipse_pts(0, ry - 4, 24, 7, 0.3, math.pi - 0.3, 12), _mul(skin, 0.65), 3.0)
         for sx in (-1, 1):
             cv.ellipse(sx * (rx - 14), 16, 12, 10, _mul(skin, 1.07, 200))
 
@@ -332,8 +370,8 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
     lips = _LIPSTICK[st.lip_colour] if on["Wearing_Lipstick"] else _mix(skin, (150, 60, 60), 0.35)
     _mouth(cv, on["Smiling"], on["Mouth_Slightly_Open"], on["Wearing_Lipstick"], lips)
     if on["Mustache"]:
-        cv.poly([(-19, 28), (-11, 19), (0, 18.5), (11, 19), (19, 28), (9, 24.5), (0, 25), (-9, 24.5)],
-                _mul(beard_col, 0.7))
+        cv.poly([(-20, 29), (-12, 18.5), (0, 18), (12, 18.5), (20, 29), (9, 25), (0, 25.5), (-9, 25)],
+                mustache_col)
 
     # 7. Hair on top (or bangs), then the hat.
     if not bald:
@@ -390,8 +428,7 @@ def _face_outline(rx: float, ry: float, male: bool) -> list[tuple[float, float]]
 
 def _strand_colour(hair) -> tuple:
     """Strands contrast with the hair mass: lighter on dark hair, darker on light hair."""
-    lum = 0.3 * hair[0] + 0.59 * hair[1] + 0.11 * hair[2]
-    if lum < 80:
+    if _lum(hair) < 80:
         return tuple(min(255, int(c * 1.2 + 60)) for c in hair)
     return _mul(hair, 0.66)
 
@@ -476,15 +513,17 @@ def _mouth(cv: _Canvas, smiling: bool, open_: bool, lipstick: bool, lips) -> Non
         cv.poly(top + [(hw * u, y0 + 1 - 5 * u * u) for u in us[::-1]], teeth)
         cv.line(top, lips, 2.6 * th)
         cv.line(bot, lips, 3.2 * th)
-    elif smiling:  # closed smile: corners raised
-        hw = 16
+    elif smiling:  # closed smile: a wide U with raised corners and dimples
+        hw = 18
         us = np.linspace(-1, 1, 13)
-        mid = [(hw * u, y0 + 1 - 7 * u * u) for u in us]
-        upper = [(hw * u, y0 - 3 * th - 7 * u * u + 1.5 * abs(u)) for u in us[::-1]]
-        lower = [(hw * u, y0 + 1 + 4 * th * (1 - u * u) - 7 * u * u) for u in us[::-1]]
+        mid = [(hw * u, y0 + 2 - 9 * u * u) for u in us]
+        upper = [(hw * u, y0 + 2 - 3 * th - 9 * u * u + 2 * abs(u)) for u in us[::-1]]
+        lower = [(hw * u, y0 + 2 + 4 * th * (1 - u * u) - 9 * u * u) for u in us[::-1]]
         cv.poly(mid + upper, lips)
         cv.poly(mid + lower, _mul(lips, 1.05))
-        cv.line(mid, dark, 1.6)
+        cv.line(mid, dark, 2.0)
+        for sx in (-1, 1):
+            cv.line([(sx * (hw + 1), y0 - 10), (sx * (hw + 3), y0 - 6)], dark, 1.6)
     elif open_:  # relaxed open mouth: dark oval framed by lips
         cv.ellipse(0, y0 + 2, 9, 6.5, dark)
         cv.ring(0, y0 + 2, 9.5, 7, lips, 2.8 * th)
@@ -528,7 +567,7 @@ def generate(out_dir, n: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZ
     out = Path(out_dir)
     img_dir = out / "img_align_celeba"
     img_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, n // 64 + 1))
+    workers = max(1, min(workers or os.cpu_count() or 1, n))
     t0 = time.perf_counter()
     rows = np.zeros((n, NUM_ATTRIBUTES), dtype=np.int8)
     parts = np.zeros(n, dtype=np.int8)
@@ -538,7 +577,7 @@ def generate(out_dir, n: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZ
         pool = None
     else:
         pool = mp.get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers)
-        results = pool.imap_unordered(_render_one, jobs, chunksize=32)
+        results = pool.imap_unordered(_render_one, jobs, chunksize=max(1, min(32, n // (4 * workers))))
     try:
         for done, (i, row, p) in enumerate(results, 1):
             rows[i] = np.frombuffer(row, dtype=np.int8)
