@@ -163,3 +163,88 @@ def test_bad_vae_dir_errors(tmp_path):
     cfg_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="chanels"):
         load_component(tmp_path, VAE, VAEConfig, "vae")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training through the CLI on the session's SynthFaces set (tiny preset, CPU, seconds)
+
+
+def _train(synth_dir, out, *extra) -> int:
+    from t2i.cli import main
+
+    # --no-preload: the shared fixture directory stays read-only (no pixel cache written in it).
+    return main(["train", "vae", "--data", str(synth_dir), "--out", str(out), "--preset", "tiny",
+                 "--no-preload", *extra])
+
+
+def test_train_three_steps_via_cli(synth_dir, tmp_path):
+    from t2i.checkpoint import list_checkpoints
+
+    out = tmp_path / "model"
+    assert _train(synth_dir, out, "--steps", "3") == 0
+    vae, meta = load_component(out, VAE, VAEConfig, "vae")
+    assert meta["config"]["latent_stats"] == "posterior_samples"
+    assert len(vae.config.scale) == 4 and all(s > 0 for s in vae.config.scale)
+    assert meta["training"]["image_size"] == 32
+    metrics = json.loads((out / "vae" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["val_images"] > 0
+    assert 0 < metrics["psnr"] < 60 and -1 <= metrics["ssim"] <= 1
+    assert (out / "samples" / "vae" / "final.png").is_file()
+    assert [p.name for p in list_checkpoints(out / "checkpoints" / "vae")] == ["step_0000003"]
+    records = [json.loads(line) for line in (out / "logs" / "vae" / "train_log.jsonl").read_text().splitlines()]
+    # The tiny preset switches the PatchGAN on at step 2: every loss term was exercised.
+    assert {"rec", "kl", "g", "d", "adaptive_weight"} <= set(records[-1])
+    # The stored stats normalise the training latents: on the images they were measured on,
+    # (z - shift) * scale has mean 0 and std 1 per channel.
+    from t2i.data.celeba import FaceDataset
+    from t2i.train.vae import LatentStats, _spread
+
+    ds = FaceDataset(synth_dir, split="train", image_size=32, flip=True)  # as in training
+    idx = _spread(len(ds), metrics["latent_stats_images"])
+    x = torch.stack([ds[i]["image"] for i in idx])
+    with torch.no_grad():
+        post = vae.encode(x)
+    stats = LatentStats(4)
+    scale, _ = vae.latent_scale_shift(post.mean)
+    stats.update(vae.normalize(post.mean), post.std * scale)
+    mu, sd, _ = stats.result()
+    assert torch.allclose(mu, torch.zeros(4, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(sd, torch.ones(4, dtype=torch.float64), atol=1e-4)
+
+
+def test_resume_continues_at_the_right_step(synth_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from t2i.checkpoint import load_latest_training_state
+
+    args = ("--steps", "4", "--ckpt-every", "2", "--stats-images", "8", "--val-images", "4")
+    straight = tmp_path / "straight"
+    assert _train(synth_dir, straight, *args) == 0
+    # A second run that starts from the straight run's step-2 checkpoint.
+    resumed = tmp_path / "resumed"
+    ckpt = straight / "checkpoints" / "vae" / "step_0000002"
+    shutil.copytree(ckpt, resumed / "checkpoints" / "vae" / ckpt.name)
+    assert _train(synth_dir, resumed, *args) == 0
+    assert json.loads((resumed / "vae" / "metrics.json").read_text())["resumed_from"] == 2
+    a = load_file(straight / "vae" / "model.safetensors")
+    b = load_file(resumed / "vae" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Same optimizer state (AdamW moments and step counts of the VAE and the discriminator).
+    step_a, state_a = load_latest_training_state(straight / "checkpoints" / "vae")
+    step_b, state_b = load_latest_training_state(resumed / "checkpoints" / "vae")
+    assert step_a == step_b == 4
+    for name in ("vae", "disc"):
+        sa, sb = state_a["optimizers"][name]["state"], state_b["optimizers"][name]["state"]
+        assert sa.keys() == sb.keys() and sa
+        for k in sa:
+            for field in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(sa[k][field], sb[k][field]), (name, k, field)
+
+
+def test_train_rejects_size_not_divisible(synth_dir, tmp_path, capsys):
+    rc = _train(synth_dir, tmp_path / "m", "--steps", "1", "--image-size", "30")
+    assert rc == 2
+    assert "image_size=30 is not divisible" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "vae").exists()
