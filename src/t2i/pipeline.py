@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from t2i.checkpoint import load_component, resolve_component
-from t2i.diffusion.guidance import cfg_denoiser
+from t2i.diffusion.guidance import cfg_model
 from t2i.diffusion.samplers import SAMPLERS, img2img_start, karras_timesteps, make_denoiser, timesteps
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNet, UNetConfig
@@ -123,13 +123,14 @@ class T2IPipeline:
         """Run `sampler` from `latents` at ts[0] to x0 with classifier-free guidance
         (Ho & Salimans 2022). cond/uncond text states are per image (N, ...)."""
 
-        def unet_fn(x, t, hidden, mask, pooled):
-            return self.unet(x, t, hidden, mask, pooled)
-
-        denoise = cfg_denoiser(
-            lambda x, t, ctx: make_denoiser(lambda xx, tt: unet_fn(xx, tt, *ctx), self.schedule, self.prediction)(x, t),
-            cond, uncond, guidance,
+        hidden, mask, pooled = cond
+        u_hidden, u_mask, u_pooled = uncond
+        use_pooled = self.unet.config.pooled_dim > 0
+        model_fn = cfg_model(
+            self.unet, guidance, hidden, u_hidden, mask, u_mask,
+            pooled if use_pooled else None, u_pooled if use_pooled else None,
         )
+        denoise = make_denoiser(model_fn, self.schedule, self.prediction)
         kwargs = {"karras": True} if sampler == "dpm++2m-karras" else {}
         fn = SAMPLERS[sampler]
         return fn(denoise, latents, ts, self.schedule, callback=callback, generator=generator, **kwargs)

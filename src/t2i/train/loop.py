@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from t2i.checkpoint import load_latest_training_state, save_training_state
+from t2i.checkpoint import atomic_write_json, load_latest_training_state, save_training_state
 from t2i.config import config_to_dict
 
 
@@ -425,8 +425,11 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
         with torch.no_grad():
             stage.sample(ctx, sample_dir / "final.png")
         metrics = stage.finish(ctx) or {}
-        metrics.update(train_seconds=round(train_time, 1), steps=cfg.steps, resumed_from=start_step,
-                       skipped_steps=skipped_total, world_size=ctx.world_size, global_batch=global_batch)
+        run_info = dict(train_seconds=round(train_time, 1), steps=cfg.steps, resumed_from=start_step,
+                        skipped_steps=skipped_total, world_size=ctx.world_size, global_batch=global_batch,
+                        mixed_precision=accelerator.mixed_precision, device=str(accelerator.device))
+        atomic_write_json(log_dir / "run.json", run_info)
+        metrics.update(run_info)
         writer.close()
         jsonl.close()
     accelerator.wait_for_everyone()

@@ -144,11 +144,10 @@ class UNetStage(Stage):
         return StepOutput(loss, {"mse": mse.mean().detach()})
 
     def _pipeline(self, ctx):
-        from t2i.models.vae import VAE, VAEConfig
-        from t2i.checkpoint import load_component
         from t2i.pipeline import T2IPipeline
+        from t2i.train.encode import load_vae
 
-        vae, _ = load_component(self.vae_dir, VAE, VAEConfig, "vae", device=ctx.device)
+        vae = load_vae(self.vae_dir, device=ctx.device)
         return T2IPipeline(vae, self.text_encoder, ctx.ema("unet"), self.schedule, self.cfg.diffusion.prediction,
                            self.image_size).to(ctx.device)
 
@@ -230,25 +229,21 @@ def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t2i.train.encode import load_vae
+
     out = Path(args.out)
     cfg = config_from_args(args)
     vae_dir = resolve_component(args.vae or out, "vae")
     text_encoder = TextEncoder.from_pretrained(args.clip or out)
     cache_dir = Path(args.cache) if args.cache else out / "latents"
-    vae_meta = json.loads((vae_dir / "config.json").read_text())
     if not (cache_dir / "index.json").is_file():
-        from t2i.train.encode import encode_dataset
+        from t2i.cli import main
 
         print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
-        encode_dataset(vae_dir, args.data, cache_dir, split="train", flip=True)
-    from t2i.checkpoint import load_component
-    from t2i.models.vae import VAE, VAEConfig
-
-    vae, _ = load_component(vae_dir, VAE, VAEConfig, "vae")
-    cache = LatentCache.open(cache_dir, expect_vae_hash=vae.fingerprint())
-    image_size = int(cache.meta.get("image_size", 64))
-    del vae_meta
-    stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size)
+        if main(["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip"]) != 0:
+            raise RuntimeError(f"could not build the latent cache at {cache_dir}")
+    cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
+    stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
     metrics = train(stage, LatentDataset(cache), cfg.loop, out)
     if metrics:
         print(f"[unet] done: {json.dumps(metrics)}")
