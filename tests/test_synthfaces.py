@@ -27,7 +27,7 @@ CX = 89  # face centre column (jitter is +-5 px)
 def _vec(**on) -> np.ndarray:
     a = np.full(40, -1, dtype=np.int8)
     for name, v in on.items():
-        a[IDX[name]] = 1 if v else -1
+        a[IDX[name]] = 1 if v == 1 else -1  # True or 1 -> +1; False, 0 or -1 -> -1
     return a
 
 

@@ -399,7 +399,8 @@ class FaceDataset(torch.utils.data.Dataset):
                 if meta.get("key") == key:
                     arr = np.load(npy, allow_pickle=False)
                     if arr.shape == (n, 3, S, S):
-                        self._set_pixels(arr, np.asarray(meta["valid"], dtype=bool) if "valid" in meta else None)
+                        valid = meta.get("valid")
+                        self._set_pixels(arr, None if valid is None else np.asarray(valid, dtype=bool))
                         return
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: rebuild it

@@ -60,7 +60,7 @@ def sample_attributes(rng: np.random.Generator) -> np.ndarray:
     if not a["Bald"]:
         # Grey mostly old; the rest split like CelebA (black 24%, brown 20%, blond 15%);
         # about a third of faces have none of the four (drawn red/auburn).
-        if u[4] < (0.02 if young else 0.45):
+        if u[4] < (0.015 if young else 0.20):
             a["Gray_Hair"] = True
         else:
             blond = 0.26 if not male else 0.05
@@ -78,10 +78,10 @@ def sample_attributes(rng: np.random.Generator) -> np.ndarray:
     a["Mustache"] = male and u[12] < (0.30 if beard else 0.04)
     a["Wearing_Lipstick"] = (not male) and u[13] < 0.80
     a["Pale_Skin"] = u[14] < 0.045
-    a["Wearing_Earrings"] = u[15] < (0.42 if not male else 0.02)
-    a["Wearing_Necklace"] = (not beard) and u[16] < (0.27 if not male else 0.01)
+    a["Wearing_Earrings"] = u[15] < (0.32 if not male else 0.02)
+    a["Wearing_Necklace"] = (not beard) and u[16] < (0.20 if not male else 0.01)
     a["Rosy_Cheeks"] = (not beard) and u[17] < (0.11 if not male else 0.02)
-    a["Chubby"] = u[18] < (0.09 if male else 0.035) * (1.0 if young else 1.8)
+    a["Chubby"] = u[18] < (0.08 if male else 0.03) * (1.0 if young else 1.8)
     out = np.full(NUM_ATTRIBUTES, -1, dtype=np.int8)
     for name, on in a.items():
         if on:

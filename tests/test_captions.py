@@ -1,0 +1,171 @@
+"""Captions say exactly what the attributes say: checked by parsing them back."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from t2i.attributes import ATTRIBUTE_INDEX as IDX
+from t2i.attributes import CELEBA_ATTRIBUTES
+from t2i.data.captions import (
+    CAPTIONED_ATTRIBUTES,
+    MAX_WORDS,
+    RENDERED_ATTRIBUTES,
+    VOCAB,
+    build_captions,
+    caption_mentions,
+    captions_for,
+    complete_caption,
+    load_captions_file,
+    salient_mentions,
+)
+from t2i.data.synthfaces import sample_attributes
+
+
+def _vec(**on) -> np.ndarray:
+    a = np.full(40, -1, dtype=np.int8)
+    for name, v in on.items():
+        a[IDX[name]] = 1 if v == 1 else -1  # True or 1 -> +1; False, 0 or -1 -> -1
+    return a
+
+
+def _celeba_like(rng: np.random.Generator) -> np.ndarray:
+    """Random vectors over all 40 columns (roughly CelebA's densities), for real-data captions."""
+    a = np.where(rng.random(40) < 0.25, 1, -1).astype(np.int8)
+    hair = rng.integers(0, 5)
+    for k, c in enumerate(("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")):
+        a[IDX[c]] = 1 if hair == k else -1
+    return a
+
+
+def _vectors(n=300):
+    rng = np.random.default_rng(0)
+    return [sample_attributes(rng) for _ in range(n)] + [_celeba_like(rng) for _ in range(n)]
+
+
+def _truth(a) -> dict[str, bool]:
+    return {name: bool(a[IDX[name]] > 0) for name in CELEBA_ATTRIBUTES}
+
+
+def test_vocabulary_covers_every_attribute_but_attractive():
+    assert set(CAPTIONED_ATTRIBUTES) == set(CELEBA_ATTRIBUTES) - {"Attractive"}
+    assert set(RENDERED_ATTRIBUTES) <= set(CAPTIONED_ATTRIBUTES)
+
+
+def test_first_caption_is_complete_and_every_caption_is_true():
+    rng = random.Random(0)
+    for a in _vectors():
+        truth = _truth(a)
+        caps = captions_for(a, rng, n=5)
+        assert len(caps) == 5
+        for i, c in enumerate(caps):
+            said = caption_mentions(c)
+            wrong = {k: v for k, v in said.items() if truth[k] != v}
+            assert not wrong, f"{c!r} asserts {wrong}"
+            if i == 0:
+                # complete: every salient attribute is named (extra ones may only be negatives)
+                expected = salient_mentions(a)
+                assert {k: said[k] for k in expected if k in said} == expected, (c, expected)
+                extras = set(said) - set(expected)
+                assert all(said[k] != VOCAB[k].salient for k in extras), (c, extras)
+
+
+def test_synthfaces_captions_are_short():
+    rng = random.Random(1)
+    npr = np.random.default_rng(1)
+    lengths = [len(c.split()) for _ in range(300) for c in captions_for(sample_attributes(npr), rng, 5)]
+    assert max(lengths) <= MAX_WORDS
+    assert min(lengths) < 8 < max(lengths)  # a real spread of lengths
+
+
+def test_negatives_are_occasional_and_of_absent_attributes():
+    rng = random.Random(2)
+    npr = np.random.default_rng(2)
+    n_neg = n_caps = 0
+    for _ in range(200):
+        a = sample_attributes(npr)
+        for c in captions_for(a, rng, 5, RENDERED_ATTRIBUTES):
+            said = caption_mentions(c)
+            negs = [k for k, v in said.items() if k not in ("Male", "Young") and v != VOCAB[k].salient]
+            assert all(k in RENDERED_ATTRIBUTES for k in said), c
+            for k in negs:
+                assert _truth(a)[k] == (not VOCAB[k].salient), c
+            n_neg += bool(negs)
+            n_caps += 1
+    assert 0.1 < n_neg / n_caps < 0.5
+
+
+def test_wording_varies():
+    rng = random.Random(3)
+    text = " ".join(captions_for(_vec(Male=1, Young=1, Eyeglasses=1, Smiling=1), rng, 40)
+                    + captions_for(_vec(Young=1, Eyeglasses=1), rng, 40))
+    for word in ("man", "guy", "woman", "lady", "glasses", "eyeglasses", "spectacles", "smile"):
+        assert f" {word}" in text, word
+    assert len(set(captions_for(_vec(Male=1, Eyeglasses=1, Wearing_Hat=1, Smiling=1), rng, 20))) > 10
+
+
+def test_complete_caption_canonical_and_negate():
+    a = _vec(Male=1, Young=1, Eyeglasses=1, Black_Hair=1, Wavy_Hair=1, No_Beard=-1)
+    c = complete_caption(a)
+    assert c == complete_caption(a)  # rng=None: deterministic canonical wording
+    assert caption_mentions(c) == {"Male": True, "Young": True, "Eyeglasses": True, "Black_Hair": True,
+                                   "Wavy_Hair": True, "No_Beard": False}
+    c2 = complete_caption(_vec(Young=1, No_Beard=1), negate=["Eyeglasses", "Wearing_Hat"])
+    assert "without glasses" in c2
+    assert caption_mentions(c2) == {"Male": False, "Young": True, "Eyeglasses": False, "Wearing_Hat": False}
+    with pytest.raises(ValueError, match="Eyeglasses"):
+        complete_caption(a, negate=["Eyeglasses"])  # present: cannot be denied
+    with pytest.raises(ValueError, match="unknown"):
+        complete_caption(a, negate=["Sunglasses"])
+    # attributes limits what may be said
+    assert "glasses" not in complete_caption(a, attributes=("Male", "Young"))
+
+
+def test_caption_mentions_parser():
+    assert caption_mentions("a photo of a woman") == {"Male": False}
+    assert caption_mentions("a female with no mustache") == {"Male": False, "Mustache": False}
+    assert caption_mentions("an elderly gentleman wearing spectacles, clean-shaven") == {
+        "Young": False, "Male": True, "Eyeglasses": True, "No_Beard": True}
+    assert caption_mentions("a man with a beard") == {"Male": True, "No_Beard": False}
+    assert caption_mentions("a young lady not smiling") == {"Young": True, "Male": False, "Smiling": False}
+    assert caption_mentions("a cat on a sofa") == {}
+    with pytest.raises(ValueError, match="Eyeglasses"):
+        caption_mentions("a man wearing glasses, without glasses")
+
+
+def test_build_captions_deterministic_and_only_varied_attributes():
+    rng = np.random.default_rng(4)
+    rows = np.stack([sample_attributes(rng) for _ in range(50)])
+    rows[:, IDX["Eyeglasses"]] = -1  # this "dataset" never has glasses
+    ids = [f"{i:06d}.jpg" for i in range(50)]
+    c1 = build_captions(ids, rows, seed=0, per_image=3)
+    assert c1 == build_captions(ids, rows, seed=0, per_image=3)
+    assert c1 != build_captions(ids, rows, seed=1, per_image=3)
+    assert all("Eyeglasses" not in caption_mentions(c) for caps in c1.values() for c in caps)
+    # per-image generators: a reordered subset with the same attribute set gets the same captions
+    from t2i.data.captions import varied_attributes
+
+    names = varied_attributes(rows)
+    sub = build_captions(ids[::-1][:10], rows[::-1][:10], seed=0, per_image=3, attributes=names)
+    assert sub == {k: c1[k] for k in sub}
+    with pytest.raises(ValueError, match="rows"):
+        build_captions(ids, rows[:10])
+
+
+def test_load_captions_file(tmp_path):
+    p = tmp_path / "caps.json"
+    p.write_text(json.dumps({"a.jpg": ["x"], "b.jpg": "y"}), encoding="utf-8-sig")
+    assert load_captions_file(p) == {"a.jpg": ["x"], "b.jpg": ["y"]}
+    with pytest.raises(ValueError, match="c.jpg"):
+        load_captions_file(p, ["a.jpg", "c.jpg"])
+    p.write_text(json.dumps({"a.jpg": []}))
+    with pytest.raises(ValueError, match="a.jpg"):
+        load_captions_file(p)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="JSON"):
+        load_captions_file(p)
+    with pytest.raises(FileNotFoundError):
+        load_captions_file(tmp_path / "missing.json")
