@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -76,8 +77,8 @@ class LatentDataset(torch.utils.data.Dataset):
             raise ValueError(f"latent cache {cache.directory} has no captions; re-encode a captioned dataset")
         self.cache = cache
         # The whole cache is small (20k x 2 x 4x16x16 fp16 = 40 MB): load it once.
-        self.mean = torch.from_numpy(cache.mean[:]).float()  # (V, N, C, h, w)
-        self.std = torch.from_numpy(cache.std[:]).float()
+        self.mean = torch.tensor(np.asarray(cache.mean), dtype=torch.float32)  # (V, N, C, h, w)
+        self.std = torch.tensor(np.asarray(cache.std), dtype=torch.float32)
         self.captions = cache.captions
 
     def __len__(self) -> int:

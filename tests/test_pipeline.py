@@ -1,0 +1,135 @@
+"""The inference pipeline and `t2i generate` on a tiny trained model."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+from tiny_model import tiny_model_fixture
+
+from t2i.cli import main
+from t2i.diffusion.samplers import SAMPLERS
+from t2i.pipeline import T2IPipeline, interpolate
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synth_dir):
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    return T2IPipeline.from_pretrained(tiny_model, device="cpu")
+
+
+def test_same_seed_same_image_across_loads(tiny_model, pipe):
+    a = pipe("a smiling woman", num_images=2, steps=4, seed=3, output_type="pt")
+    again = T2IPipeline.from_pretrained(tiny_model, device="cpu")("a smiling woman", num_images=2, steps=4,
+                                                                   seed=3, output_type="pt")
+    assert torch.equal(a, again)
+    other = pipe("a smiling woman", num_images=2, steps=4, seed=4, output_type="pt")
+    assert not torch.equal(a, other)
+    assert a.shape == (2, 3, pipe.image_size, pipe.image_size)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_pil_output_and_prompt_major_order(pipe):
+    images = pipe(["a man", "a woman"], num_images=2, steps=2, seed=0)
+    assert len(images) == 4 and all(isinstance(im, Image.Image) for im in images)
+    assert images[0].size == (pipe.image_size, pipe.image_size)
+    # With guidance 1 and a deterministic sampler, image k depends only on its own prompt and
+    # start noise: rows 2-3 (prompt "a woman") differ from rows 0-1 ("a man").
+    both = pipe(["a man", "a woman"], num_images=2, steps=2, seed=0, guidance=1.0, output_type="pt")
+    swapped = pipe(["a woman", "a man"], num_images=2, steps=2, seed=0, guidance=1.0, output_type="pt")
+    assert not torch.allclose(both[:2], swapped[:2])
+
+
+def test_callback_sees_every_step_with_x0(pipe):
+    seen = []
+    pipe("a man", steps=5, seed=0, callback=lambda i, n, x, x0: seen.append((i, n, x.shape, x0.shape)))
+    assert [s[0] for s in seen] == list(range(5)) and all(s[1] == 5 for s in seen)
+    assert all(s[2] == s[3] == (1, *pipe.latent_shape()) for s in seen)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_runs(pipe, sampler):
+    out = pipe("a man with eyeglasses", steps=3, seed=0, sampler=sampler, output_type="pt")
+    assert torch.isfinite(out).all()
+
+
+def test_empty_prompt_is_unconditional_and_long_prompt_warns(pipe):
+    assert len(pipe("", steps=2, seed=0)) == 1
+    with pytest.warns(UserWarning, match="truncat"):
+        pipe("a smiling woman " * 100, steps=2, seed=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"steps": 0}, "steps must be"),
+        ({"steps": 100_000}, "steps must be"),
+        ({"guidance": -1.0}, "guidance must be"),
+        ({"guidance": float("nan")}, "guidance must be"),
+        ({"sampler": "plms"}, "unknown sampler 'plms'"),
+        ({"num_images": 0}, "number of images"),
+        ({"strength": 1.5}, "strength must be"),
+    ],
+)
+def test_bad_settings_are_clear_errors(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe("a man", **kwargs)
+
+
+def test_missing_component_is_named(tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "m"
+    shutil.copytree(tiny_model, broken, ignore=shutil.ignore_patterns("checkpoints", "latents", "logs"))
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(FileNotFoundError, match="holds no unet component"):
+        T2IPipeline.from_pretrained(broken)
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        T2IPipeline.from_pretrained(tmp_path / "nope")
+
+
+def test_img2img_strength(pipe):
+    init = pipe("a man", steps=3, seed=1)[0]
+    same = pipe("a woman", init_image=init, strength=0.0, steps=10, seed=2, output_type="pt")
+    changed = pipe("a woman", init_image=init, strength=0.9, steps=10, seed=2, output_type="pt")
+    recon = pipe.decode_latents(pipe.encode_image(init))
+    assert torch.allclose(same, recon, atol=1e-5)
+    assert not torch.allclose(changed, recon, atol=1e-2)
+
+
+def test_interpolation_frames(pipe):
+    frames = interpolate(pipe, "a man", "a woman", seed_a=0, seed_b=1, frames=3, steps=2)
+    assert len(frames) == 3
+    end = pipe("a man", steps=2, seed=0, output_type="pt")
+    # The first frame is exactly prompt A with seed A (lerp/slerp weight 0).
+    import numpy as np
+
+    first = torch.from_numpy(np.asarray(frames[0])).permute(2, 0, 1).float() / 127.5 - 1
+    assert (first - end[0]).abs().max() < 2 / 255 + 1e-6
+
+
+def test_generate_cli_writes_pngs_with_metadata(tiny_model, tmp_path, capsys):
+    out = tmp_path / "gen"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["generate", "a smiling man", "--model", str(tiny_model), "-n", "2", "--steps", "3",
+                     "--seed", "5", "--out", str(out)])
+    assert code == 0
+    pngs = sorted(out.glob("00_*.png"))
+    assert len(pngs) == 2 and (out / "grid.png").is_file()
+    meta = json.loads(Image.open(pngs[1]).text["t2i"])
+    assert meta["prompt"] == "a smiling man" and meta["seed"] == 5 and meta["steps"] == 3
+    assert meta["index"] == 1 and meta["sampler"] == "dpm++2m"
+    assert "s per image" in capsys.readouterr().out
+
+
+def test_generate_cli_bad_input(tiny_model, tmp_path, capsys):
+    assert main(["generate", "x", "--model", str(tiny_model), "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "steps must be" in capsys.readouterr().err
+    assert main(["generate", "x", "--model", str(tmp_path / "missing")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
