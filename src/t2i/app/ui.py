@@ -1,0 +1,168 @@
+"""The Gradio page: prompt and settings on the left, the image forming step by step and the
+results on the right. `build_demo(pipe, limits)` returns the Blocks; the generate event is
+also the named API endpoint `/generate` (see docs/app.md for a gradio_client example).
+
+Every input is validated by `t2i.app.limits` inside the handler (the sliders' own bound
+checks are replaced so that errors name the field), and errors shown to the client never
+contain server paths or tracebacks: those go to the server log only.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator
+
+import gradio as gr
+
+from t2i.app.compose import AGE_CHOICES, NEGATABLE_ATTRIBUTES, PRESENT_ATTRIBUTES, SEX_CHOICES, choices, compose_prompt
+from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, validate_request
+from t2i.app.stream import stream_generation
+from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, T2IPipeline
+
+log = logging.getLogger("t2i.app")
+
+# Small images shown large: keep the pixels square instead of blurring them.
+CSS = """
+.t2i-pixels img { image-rendering: pixelated; }
+#t2i-preview img { width: 100%; height: 100%; object-fit: contain; }
+#t2i-info { min-height: 3em; }
+"""
+# System fonts only: the default theme would fetch Google Fonts, a request to a third party
+# on every page load (and a stall where there is no network).
+THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                   font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+
+
+class _Slider(gr.Slider):
+    """A slider whose out-of-range values reach the handler, which rejects them with a message
+    naming the field (gradio's own check says only "Value 9999 is greater than maximum value
+    50"). Same front-end component as gr.Slider."""
+
+    is_template = True  # render with gr.Slider's front-end component
+
+    def preprocess(self, payload):
+        return payload
+
+
+def launch_kwargs() -> dict:
+    """Arguments for `demo.launch()` that belong to the page (gradio 6 takes them there)."""
+    return dict(theme=gr.themes.Default(**THEME_FONTS), css=CSS)
+
+
+def _safe(message: str) -> str:
+    # gr.Error renders its message as HTML; our messages may quote client input.
+    return html.escape(message, quote=False)
+
+
+def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = "t2i") -> gr.Blocks:
+    """The app. `attributes` restricts the checkboxes to the attributes the model was trained
+    on (default: every captioned CelebA attribute)."""
+    present_names = [a for a in PRESENT_ATTRIBUTES if attributes is None or a in attributes]
+    negatable_names = [a for a in NEGATABLE_ATTRIBUTES if a in present_names]
+    model_note = f"model `{pipe.model_id}` · {pipe.image_size}×{pipe.image_size} px · {pipe.device.type}"
+
+    def generate(prompt, negative_prompt, steps, guidance, sampler, seed, random_seed, num_images) -> Iterator:
+        try:
+            request = validate_request(limits, prompt, negative_prompt, steps, guidance, sampler, seed,
+                                       bool(random_seed), num_images)
+        except RequestError as e:
+            raise gr.Error(_safe(str(e)), title="Invalid request", print_exception=False) from None
+        yield from _frames(pipe, request)
+
+    def compose(sex, age, present, absent):
+        try:
+            return compose_prompt(sex, age, present, absent, allowed=present_names)
+        except RequestError as e:
+            raise gr.Error(_safe(str(e)), print_exception=False) from None
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(f"# {title}: text to image\n{model_note}. The preview shows, at each denoising step, "
+                    "the image the model currently predicts.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
+                                    placeholder="a photo of a smiling young woman with blond hair wearing glasses",
+                                    max_length=limits.max_prompt_chars)
+                with gr.Accordion("Compose the prompt from attributes", open=False):
+                    with gr.Row():
+                        sex = gr.Radio(list(SEX_CHOICES), value="any", label="Sex")
+                        age = gr.Radio(list(AGE_CHOICES), value="any", label="Age")
+                    present = gr.CheckboxGroup(choices(present_names), label="Has")
+                    absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without")
+                negative = gr.Textbox(label="Negative prompt", lines=1, max_length=limits.max_prompt_chars,
+                                      placeholder="what to steer away from, e.g. eyeglasses")
+                with gr.Row():
+                    steps = _Slider(1, limits.max_steps, value=min(DEFAULT_STEPS, limits.max_steps), step=1,
+                                    label="Steps")
+                    guidance = _Slider(0, limits.max_guidance, value=min(DEFAULT_GUIDANCE, limits.max_guidance),
+                                       step=0.5, label="Guidance")
+                with gr.Row():
+                    sampler = gr.Dropdown(sorted(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
+                    num_images = _Slider(1, limits.max_images, value=1, step=1, label="Images")
+                with gr.Row():
+                    # No gradio bounds: the handler checks [0, MAX_SEED] with a message naming the field.
+                    seed = gr.Number(value=0, precision=0, label=f"Seed (0 to {MAX_SEED})")
+                    random_seed = gr.Checkbox(value=True, label="Random seed")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+                    stop = gr.Button("Stop", variant="secondary")
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Preview", type="pil",
+                                   format="png", interactive=False, height=320, elem_id="t2i-preview",
+                                   elem_classes="t2i-pixels", buttons=["download"])
+                info = gr.Markdown(label="Status", elem_id="t2i-info")
+                gallery = gr.Gallery(label="Results", format="png", columns=4, fit_columns=False, height="auto",
+                                     object_fit="contain", interactive=False,
+                                     elem_id="t2i-gallery", elem_classes="t2i-pixels",
+                                     buttons=["download", "fullscreen"])
+
+        for box in (sex, age, present, absent):
+            public = box is sex  # one listener is enough to expose it as /compose_prompt
+            box.change(compose, [sex, age, present, absent], prompt, queue=False, show_progress="hidden",
+                       api_name="compose_prompt" if public else None,
+                       api_visibility="public" if public else "private")
+        inputs = [prompt, negative, steps, guidance, sampler, seed, random_seed, num_images]
+        # The button, Enter in the prompt box and the API share one concurrency group, so
+        # `limits.concurrency` bounds the jobs running at once whichever way they arrive.
+        shared = dict(concurrency_limit="default", concurrency_id="generate", show_progress="minimal")
+        clicked = run.click(generate, inputs, [preview, gallery, info], api_name="generate", **shared)
+        submitted = prompt.submit(generate, inputs, [preview, gallery, info], api_visibility="private", **shared)
+        stop.click(None, None, None, cancels=[clicked, submitted], api_visibility="private", queue=False)
+    return demo
+
+
+def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
+    """(preview, gallery, info) tuples: a preview per shown step, then the results."""
+    first = True
+    try:
+        for frame in stream_generation(pipe, request):
+            if not frame.done:
+                note = f"step {frame.step}/{frame.total} · {frame.elapsed:.1f} s"
+                # Clear the previous results on the first frame, then leave the gallery alone.
+                yield frame.preview, ([] if first else gr.skip()), note
+                first = False
+                continue
+            per_image = frame.elapsed / len(frame.images)
+            results = []
+            meta = request.metadata(model=pipe.model_id)
+            for i, image in enumerate(frame.images):
+                # gradio writes str-valued `info` entries into the PNG it serves, so a
+                # downloaded image carries its settings like `t2i generate`'s files.
+                image.info.update({k: str(v) for k, v in meta.items()} | {"index": str(i)})
+                results.append((image, f"seed {request.seed} #{i}"))
+            note = (f"model `{_md(pipe.model_id)}` · sampler {request.sampler} · {request.steps} steps · "
+                    f"guidance {request.guidance:g} · seed {request.seed} · "
+                    f"**{per_image:.2f} s per image** ({frame.elapsed:.1f} s for {len(frame.images)})")
+            yield frame.preview, results, note
+    except gr.Error:
+        raise
+    except Exception:
+        # The details (which may include paths) go to the server log, not to the client.
+        log.exception("generation failed")
+        raise gr.Error("generation failed: internal error (details are in the server log)",
+                       print_exception=False) from None
+
+
+def _md(text: str) -> str:
+    return str(text).replace("`", "'")
