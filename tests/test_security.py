@@ -1,0 +1,88 @@
+"""Hostile inputs to model loading: nothing is unpickled, nothing outside the model dir is read,
+absurd configs are refused before allocating (issue 9)."""
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from tiny_model import tiny_model_fixture
+
+from t2i.checkpoint import load_component
+from t2i.models.unet import UNet, UNetConfig
+from t2i.pipeline import T2IPipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synth_dir):
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path):
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_model, dest, ignore=shutil.ignore_patterns("checkpoints", "latents", "logs", "samples"))
+    return dest
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/t2i_pwned",))
+
+
+def test_pickle_disguised_as_safetensors_is_refused(model_copy):
+    (model_copy / "unet" / "model.safetensors").write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        T2IPipeline.from_pretrained(model_copy)
+    assert not os.path.exists("/tmp/t2i_pwned")
+
+
+def test_pickle_weights_are_never_loaded(model_copy):
+    unet = model_copy / "unet"
+    (unet / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, unet / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="pickle files are never loaded"):
+        T2IPipeline.from_pretrained(model_copy)
+
+
+def test_absurd_config_refused_before_allocating(model_copy):
+    path = model_copy / "unet" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["channels"] = [65536, 65536]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="refusing to allocate"):
+        load_component(model_copy / "unet", UNet, UNetConfig, "unet")
+
+
+def test_unknown_config_field_is_named(model_copy):
+    path = model_copy / "vae" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["chanels"] = [1]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown field.*chanels"):
+        T2IPipeline.from_pretrained(model_copy)
+
+
+def test_component_symlinked_outside_the_model_dir_is_refused(model_copy, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(model_copy / "unet"), outside)
+    (model_copy / "unet").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="outside"):
+        T2IPipeline.from_pretrained(model_copy)
+
+
+def test_weights_symlinked_outside_are_refused(model_copy, tmp_path):
+    weights = model_copy / "vae" / "model.safetensors"
+    target = tmp_path / "stolen.safetensors"
+    shutil.move(str(weights), target)
+    weights.symlink_to(target)
+    with pytest.raises(ValueError, match="outside"):
+        T2IPipeline.from_pretrained(model_copy)
+
+
+def test_wrong_component_type_is_named(model_copy):
+    shutil.copy(model_copy / "vae" / "config.json", model_copy / "unet" / "config.json")
+    with pytest.raises(ValueError, match="expected a 'unet' component config"):
+        T2IPipeline.from_pretrained(model_copy)
