@@ -157,10 +157,11 @@ def test_build_captions_deterministic_and_only_varied_attributes():
 
 def test_load_captions_file(tmp_path):
     p = tmp_path / "caps.json"
-    p.write_text(json.dumps({"a.jpg": ["x"], "b.jpg": "y"}), encoding="utf-8-sig")
-    assert load_captions_file(p) == {"a.jpg": ["x"], "b.jpg": ["y"]}
-    with pytest.raises(ValueError, match="c.jpg"):
-        load_captions_file(p, ["a.jpg", "c.jpg"])
+    p.write_text(json.dumps({"a.jpg": ["x"], "b.jpg": "y", "c.jpg": {"overall_caption": "z", "attribute_wise_captions": {}}}),
+                 encoding="utf-8-sig")
+    assert load_captions_file(p) == {"a.jpg": ["x"], "b.jpg": ["y"], "c.jpg": ["z"]}
+    with pytest.raises(ValueError, match="d.jpg"):
+        load_captions_file(p, ["a.jpg", "d.jpg"])
     p.write_text(json.dumps({"a.jpg": []}))
     with pytest.raises(ValueError, match="a.jpg"):
         load_captions_file(p)

@@ -83,7 +83,7 @@ VOCAB: dict[str, Phrases] = {
     "Eyeglasses": Phrases("wear", ("glasses", "eyeglasses", "spectacles"),
                           _with_neg("glasses", "eyeglasses", "spectacles")),
     "Wearing_Hat": Phrases("wear", ("a hat",), _with_neg("a hat")),
-    "Wearing_Lipstick": Phrases("wear", ("lipstick", "red lipstick"), _with_neg("lipstick")),
+    "Wearing_Lipstick": Phrases("wear", ("lipstick", "bright lipstick"), _with_neg("lipstick")),
     "Heavy_Makeup": Phrases("wear", ("heavy makeup",), _with_neg("makeup")),
     "Wearing_Earrings": Phrases("wear", ("earrings",), _with_neg("earrings")),
     "Wearing_Necklace": Phrases("wear", ("a necklace",), _with_neg("a necklace")),
@@ -341,7 +341,8 @@ def build_captions(image_ids, rows, seed: int = 0, per_image: int = 5, attribute
 
 
 def load_captions_file(path, image_ids=None) -> dict[str, list[str]]:
-    """Read a `{"000001.jpg": ["...", ...]}` captions file (ours or e.g. CelebA-Dialog's)."""
+    """Read a `{"000001.jpg": ["...", ...]}` captions file. A single string per image and
+    CelebA-Dialog's `{"0.jpg": {"overall_caption": ...}}` entries are accepted too."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}")
@@ -353,6 +354,8 @@ def load_captions_file(path, image_ids=None) -> dict[str, list[str]]:
         raise ValueError(f"{path}: expected an object mapping image file names to caption lists")
     out = {}
     for k, v in data.items():
+        if isinstance(v, dict) and "overall_caption" in v:  # CelebA-Dialog's captions_hq.json
+            v = v["overall_caption"]
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, list) or not v or not all(isinstance(c, str) and c.strip() for c in v):

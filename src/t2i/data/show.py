@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     s = ds.summary()
     print(f"dataset {s['root']}")
     print(f"  layout      {s['layout']}")
-    print(f"  splits      " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    print("  splits      " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     print(f"  this split  {args.split}: {len(ds)} images")
     if len(ds) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} is empty")

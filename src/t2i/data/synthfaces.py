@@ -115,17 +115,46 @@ _FRAMES = [(20, 20, 20), (60, 30, 20), (140, 20, 30), (20, 40, 120)]
 class _Style:
     """All nuisance randomness of one image, drawn before anything is rendered."""
 
-    cx: float; cy: float; scale: float; angle: float; width: float  # noqa: E702
-    skin_t: float; skin_jit: np.ndarray
-    hair_shade: int; hair_len: float; hair_part: float; wave_phase: float
-    eye_colour: int; brow_tilt: float
-    lip_colour: int; hat_colour: int; hat_style: int; hat_height: float
-    frame_colour: int; sunglasses: bool; round_glasses: bool
-    ear_colour: int; hoop: bool; neck_colour: int; pearls: bool
-    cloth: tuple; neckline: float
-    bg1: np.ndarray; bg2: np.ndarray; bg_angle: float
-    light_dir: float; light_amp: float; bright: float; cast: np.ndarray
-    noise_seed: int; jpeg_quality: int
+    # pose: offset of the face centre (base px), scale, rotation (degrees), face width factor
+    cx: float
+    cy: float
+    scale: float
+    angle: float
+    width: float
+    # skin: position along the tone palette, per-channel jitter
+    skin_t: float
+    skin_jit: np.ndarray
+    # hair: shade index within its colour, length of long hair, parting, wave phase
+    hair_shade: int
+    hair_len: float
+    hair_part: float
+    wave_phase: float
+    eye_colour: int
+    brow_tilt: float
+    # accessories: palette indices and styles (used only when the attribute is on)
+    lip_colour: int
+    hat_colour: int
+    hat_style: int
+    hat_height: float
+    frame_colour: int
+    sunglasses: bool
+    round_glasses: bool
+    ear_colour: int
+    hoop: bool
+    neck_colour: int
+    pearls: bool
+    cloth: tuple
+    neckline: float
+    # photo: background gradient, lighting, colour cast, noise window, JPEG quality
+    bg1: np.ndarray
+    bg2: np.ndarray
+    bg_angle: float
+    light_dir: float
+    light_amp: float
+    bright: float
+    cast: np.ndarray
+    noise_seed: int
+    jpeg_quality: int
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> _Style:
@@ -277,44 +306,28 @@ def render_face(attrs: np.ndarray, rng: np.random.Generator, size: tuple[int, in
 
 
 def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
-    male, young = on["Male"], on["Young"]
+    """Paint one face back to front; each numbered step is one layer."""
+    male, bald = on["Male"], on["Bald"]
     rx = 44.0 * st.width * (1.22 if on["Chubby"] else 1.0) * (1.03 if male else 1.0)
     ry = 57.0
-    # Skin: interpolate a palette of realistic tones; "pale" is far lighter and pinker than
-    # the lightest normal tone so lighting jitter cannot blur the two.
-    if on["Pale_Skin"]:
-        skin = _PALE_SKIN + st.skin_jit * 0.3
-    else:
-        pos = st.skin_t * (len(_SKIN) - 1)
-        i = min(int(pos), len(_SKIN) - 2)
-        skin = _SKIN[i] * (1 - (pos - i)) + _SKIN[i + 1] * (pos - i) + st.skin_jit
-    skin = tuple(int(v) for v in np.clip(skin, 0, 255))
-    shadow = _mul(skin, 0.80)
-
+    skin = _skin_colour(on["Pale_Skin"], st)
     hair_key = next((c for c in HAIR_COLOURS if on[c]), None)
     hair = _HAIR[hair_key][st.hair_shade]
-    hair_dark = _mul(hair, 0.72)
-    bald, hat, wavy, bangs = on["Bald"], on["Wearing_Hat"], on["Wavy_Hair"], on["Bangs"]
-    long_hair = not male and not bald
     # Facial hair follows the hair colour but is kept clearly darker than the skin, so a
     # red beard on dark skin still reads as a beard at 64px.
     beard_col = _darker_than(_mul(hair, 0.85) if not bald else (70, 50, 36), skin, 45)
-    mustache_col = _darker_than(_mul(beard_col, 0.7), skin, 60)
 
     # 1. Hair behind the head (long hair reaches the shoulders).
     if not bald:
-        if long_hair:
-            bottom = 30 + 45 * st.hair_len
-            _back_hair(cv, rx, ry, bottom, wavy, st, hair)
+        if not male:
+            _back_hair(cv, rx, ry, 30 + 45 * st.hair_len, on["Wavy_Hair"], st, hair)
         else:
             cv.ellipse(0, -6, rx + 5, ry + 4, hair)
 
     # 2. Neck and clothes.
-    cv.poly([(-23, 20), (23, 20), (26, 120), (-26, 120)], shadow)
-    neck_y = 72 + 8 * st.neckline
-    cloth = st.cloth
-    cv.poly([(-150, 120), (-140, 78), (-80, 64), (-32, 64), (0, neck_y), (32, 64), (80, 64),
-             (140, 78), (150, 120)], cloth)
+    cv.poly([(-23, 20), (23, 20), (26, 120), (-26, 120)], _mul(skin, 0.80))
+    cv.poly([(-150, 120), (-140, 78), (-80, 64), (-32, 64), (0, 72 + 8 * st.neckline), (32, 64),
+             (80, 64), (140, 78), (150, 120)], st.cloth)
 
     # 3. Ears, then the face (jaw shape: square-ish for men, tapered for women).
     for sx in (-1, 1):
@@ -328,39 +341,22 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
         for sx in (-1, 1):
             cv.ellipse(sx * (rx - 14), 16, 12, 10, _mul(skin, 1.07, 200))
 
-    # 4. Age: wrinkles, eye bags and nasolabial folds (width ~3 base px so they survive 64px).
-    if not young:
-        wr = _mul(skin, 0.58)
-        for yw in (-42, -35):
-            cv.line(_ellipse_pts(0, yw + 40, 22, 40, -math.pi / 2 - 0.45, -math.pi / 2 + 0.45, 10), wr, 2.8)
-        for sx in (-1, 1):
-            cv.line([(sx * 10, 10), (sx * 16, 22), (sx * 20, 34)], wr, 3.0)
-            cv.line(_ellipse_pts(sx * 19, -1, 9, 6, 0.4, math.pi - 0.4, 8), wr, 2.6)
-            cv.line([(sx * (rx - 10), 36), (sx * (rx - 16), 48)], wr, 2.6)
-
-    # 5. Cheeks, eyes, brows, nose.
+    # 4. Age lines, cheeks, eyes, brows, nose.
+    if not on["Young"]:
+        _age_lines(cv, rx, skin)
     if on["Rosy_Cheeks"]:
         for sx in (-1, 1):
             cv.ellipse(sx * 24, 15, 10, 7, (240, 60, 90, 170))
-    brow = _mul(hair, 0.6) if not bald else _mul(skin, 0.45)
-    if hair_key in ("Blond_Hair", "Gray_Hair"):
-        brow = _mul(hair, 0.55)
-    eye_col = _EYES[st.eye_colour]
-    for sx in (-1, 1):
-        ex, ey = sx * 19, -6
-        cv.ellipse(ex, ey, 8, 4.2, (238, 238, 236))
-        cv.ellipse(ex, ey + 0.3, 3.8, 3.8, eye_col)
-        cv.ellipse(ex, ey + 0.3, 1.8, 1.8, (10, 10, 10))
-        lid = (30, 22, 20) if not male else _mul(skin, 0.45)
-        cv.line(_ellipse_pts(ex, ey + 1, 8.5, 5.5, math.pi + 0.2, 2 * math.pi - 0.2, 10), lid,
-                2.4 if not male else 1.6)
-        bw = 4.2 if male else 2.8
-        cv.line([(ex - sx * 9, ey - 10 + st.brow_tilt), (ex, ey - 13), (ex + sx * 10, ey - 10)], brow, bw)
+    if bald:
+        brow = _mul(skin, 0.45)
+    else:
+        brow = _mul(hair, 0.55 if hair_key in ("Blond_Hair", "Gray_Hair") else 0.6)
+    _eyes(cv, male, brow, skin, st)
     cv.line([(-3, 0), (-5, 12), (-2, 15)], _mul(skin, 0.75), 1.8)
     for sx in (-1, 1):
         cv.ellipse(sx * 4, 15, 2.6, 1.6, _mul(skin, 0.5))
 
-    # 6. Beard (No_Beard = -1), then mouth, then mustache on top.
+    # 5. Beard (No_Beard = -1), then mouth, then mustache on top.
     if not on["No_Beard"]:
         # A full beard around the mouth; the upper lip stays bare so a mustache (drawn
         # darker, on top) is its own visible cue.
@@ -371,44 +367,94 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
     _mouth(cv, on["Smiling"], on["Mouth_Slightly_Open"], on["Wearing_Lipstick"], lips)
     if on["Mustache"]:
         cv.poly([(-20, 29), (-12, 18.5), (0, 18), (12, 18.5), (20, 29), (9, 25), (0, 25.5), (-9, 25)],
-                mustache_col)
+                _darker_than(_mul(beard_col, 0.7), skin, 60))
 
-    # 7. Hair on top (or bangs), then the hat.
+    # 6. Hair on top (or bangs), then the hat.
     if not bald:
-        _top_hair(cv, rx, ry, male, bangs, wavy, hat, st, hair, hair_dark)
-    if hat:
-        _hat(cv, rx, ry, st)
+        _top_hair(cv, rx, ry, male, on["Bangs"], on["Wavy_Hair"], st, hair)
+    if on["Wearing_Hat"]:
+        _hat(cv, rx, st)
 
-    # 8. Accessories drawn last so nothing hides them.
+    # 7. Accessories drawn last so nothing hides them.
     if on["Eyeglasses"]:
-        frame = _FRAMES[st.frame_colour]
-        for sx in (-1, 1):
-            ex = sx * 19
-            if st.sunglasses:
-                cv.ellipse(ex, -6, 12, 9, (24, 26, 30, 235))
-            if st.round_glasses:
-                cv.ring(ex, -6, 12.5, 10, frame, 3.4)
-            else:
-                pts = [(ex - 13, -15), (ex + 13, -15), (ex + 12, 2), (ex - 12, 2)]
-                cv.line(pts + pts[:2], frame, 3.4)
-            cv.line([(sx * 31, -9), (sx * (rx + 2), -8)], frame, 3.0)
-        cv.line([(-7, -8), (0, -10), (7, -8)], frame, 3.0)
+        _glasses(cv, rx, st)
     if on["Wearing_Earrings"]:
-        metal = _METAL[st.ear_colour]
-        for sx in (-1, 1):
-            x = sx * (rx + 1)
-            if st.hoop:
-                cv.ring(x, 17, 6.5, 7.5, metal, 3.2)
-            else:
-                cv.line([(x, 9), (x, 17)], metal, 2.4)
-                cv.ellipse(x, 20, 5.0, 5.0, metal)
+        _earrings(cv, rx, st)
     if on["Wearing_Necklace"]:
-        colour = (246, 242, 228) if (st.pearls and sum(skin) < 480) else _METAL[st.neck_colour]
-        n = 11
-        for i in range(n):
-            t = -1 + 2 * i / (n - 1)
-            x, y = 22 * t, 54 + 14 * (1 - t * t)
-            cv.ellipse(x, y, 3.6, 3.6, colour, n=12)
+        _necklace(cv, skin, st)
+
+
+def _skin_colour(pale: bool, st: _Style) -> tuple:
+    """Interpolate a palette of realistic tones; "pale" is far lighter and pinker than the
+    lightest normal tone so lighting jitter cannot blur the two."""
+    if pale:
+        skin = _PALE_SKIN + st.skin_jit * 0.3
+    else:
+        pos = st.skin_t * (len(_SKIN) - 1)
+        i = min(int(pos), len(_SKIN) - 2)
+        skin = _SKIN[i] * (1 - (pos - i)) + _SKIN[i + 1] * (pos - i) + st.skin_jit
+    return tuple(int(v) for v in np.clip(skin, 0, 255))
+
+
+def _age_lines(cv: _Canvas, rx: float, skin) -> None:
+    """Forehead wrinkles, eye bags, nasolabial folds and jowls, ~3 base px wide so they
+    survive the resize to 64px."""
+    wr = _mul(skin, 0.58)
+    for yw in (-42, -35):
+        cv.line(_ellipse_pts(0, yw + 40, 22, 40, -math.pi / 2 - 0.45, -math.pi / 2 + 0.45, 10), wr, 2.8)
+    for sx in (-1, 1):
+        cv.line([(sx * 10, 10), (sx * 16, 22), (sx * 20, 34)], wr, 3.0)
+        cv.line(_ellipse_pts(sx * 19, -1, 9, 6, 0.4, math.pi - 0.4, 8), wr, 2.6)
+        cv.line([(sx * (rx - 10), 36), (sx * (rx - 16), 48)], wr, 2.6)
+
+
+def _eyes(cv: _Canvas, male: bool, brow, skin, st: _Style) -> None:
+    eye_col = _EYES[st.eye_colour]
+    lid = _mul(skin, 0.45) if male else (30, 22, 20)  # women: eyeliner
+    for sx in (-1, 1):
+        ex, ey = sx * 19, -6
+        cv.ellipse(ex, ey, 8, 4.2, (238, 238, 236))
+        cv.ellipse(ex, ey + 0.3, 3.8, 3.8, eye_col)
+        cv.ellipse(ex, ey + 0.3, 1.8, 1.8, (10, 10, 10))
+        cv.line(_ellipse_pts(ex, ey + 1, 8.5, 5.5, math.pi + 0.2, 2 * math.pi - 0.2, 10), lid,
+                1.6 if male else 2.4)
+        cv.line([(ex - sx * 9, ey - 10 + st.brow_tilt), (ex, ey - 13), (ex + sx * 10, ey - 10)], brow,
+                4.2 if male else 2.8)
+
+
+def _glasses(cv: _Canvas, rx: float, st: _Style) -> None:
+    frame = _FRAMES[st.frame_colour]
+    for sx in (-1, 1):
+        ex = sx * 19
+        if st.sunglasses:
+            cv.ellipse(ex, -6, 12, 9, (24, 26, 30, 235))
+        if st.round_glasses:
+            cv.ring(ex, -6, 12.5, 10, frame, 3.4)
+        else:
+            pts = [(ex - 13, -15), (ex + 13, -15), (ex + 12, 2), (ex - 12, 2)]
+            cv.line(pts + pts[:2], frame, 3.4)
+        cv.line([(sx * 31, -9), (sx * (rx + 2), -8)], frame, 3.0)  # temples
+    cv.line([(-7, -8), (0, -10), (7, -8)], frame, 3.0)  # bridge
+
+
+def _earrings(cv: _Canvas, rx: float, st: _Style) -> None:
+    metal = _METAL[st.ear_colour]
+    for sx in (-1, 1):
+        x = sx * (rx + 1)
+        if st.hoop:
+            cv.ring(x, 17, 6.5, 7.5, metal, 3.2)
+        else:
+            cv.line([(x, 9), (x, 17)], metal, 2.4)
+            cv.ellipse(x, 20, 5.0, 5.0, metal)
+
+
+def _necklace(cv: _Canvas, skin, st: _Style) -> None:
+    """A U of large beads between chin and collar; pearls only where they contrast."""
+    colour = (246, 242, 228) if (st.pearls and sum(skin) < 480) else _METAL[st.neck_colour]
+    n = 11
+    for i in range(n):
+        t = -1 + 2 * i / (n - 1)
+        cv.ellipse(22 * t, 54 + 14 * (1 - t * t), 3.6, 3.6, colour, n=12)
 
 
 def _face_outline(rx: float, ry: float, male: bool) -> list[tuple[float, float]]:
@@ -451,11 +497,11 @@ def _back_hair(cv: _Canvas, rx, ry, bottom, wavy, st: _Style, hair) -> None:
             cv.line([(sx * (rx + off) + amp * math.sin(y / 6 + st.wave_phase), y) for y in ys], strand, 2.2)
 
 
-def _top_hair(cv: _Canvas, rx, ry, male, bangs, wavy, hat, st: _Style, hair, hair_dark) -> None:
+def _top_hair(cv: _Canvas, rx, ry, male, bangs, wavy, st: _Style, hair) -> None:
     """The hair mass on the crown with its hairline (or a fringe covering the forehead)."""
     outer = []
     n = 40
-    for i, t in enumerate(np.linspace(math.pi * 0.98, math.pi * 2.02, n)):
+    for t in np.linspace(math.pi * 0.98, math.pi * 2.02, n):
         r = 1.0
         if wavy:  # bumpy crown outline
             r += 0.10 * abs(math.sin(8 * t + st.wave_phase))
@@ -485,7 +531,7 @@ def _top_hair(cv: _Canvas, rx, ry, male, bangs, wavy, hat, st: _Style, hair, hai
         cv.line(pts, strand, 2.2)
 
 
-def _hat(cv: _Canvas, rx, ry, st: _Style) -> None:
+def _hat(cv: _Canvas, rx, st: _Style) -> None:
     colour = _HATS[st.hat_colour]
     band = _mul(colour, 0.55)
     brim_y = -42
