@@ -241,7 +241,7 @@ def test_missing_and_corrupt_images_are_skipped(synth_dir, tmp_path):
     assert pre.skipped == 3 and pre[6] is not None
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         assert pre[5] is None
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0, collate_fn=collate_skip_none)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate_skip_none)
     assert sum(b["image"].shape[0] for b in loader) == N - 3
 
 

@@ -19,7 +19,10 @@ def captioned_grid(images: list[np.ndarray], captions: list[str], cols: int = 4,
         raise ValueError("no images to show")
     h, w = images[0].shape[:2]
     tw, th = w * scale, h * scale
-    font = ImageFont.load_default(size=font_size)
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except (TypeError, ImportError, OSError):  # Pillow built without FreeType: fixed bitmap font
+        font = ImageFont.load_default()
     chars = max(8, int(tw / (font_size * 0.55)))  # characters per line at this font width
     line_h = font_size + 3
     cell_h = th + 6 + caption_lines * line_h
