@@ -356,18 +356,19 @@ def _draw_face(cv: _Canvas, on: dict[str, bool], st: _Style) -> None:
     for sx in (-1, 1):
         cv.ellipse(sx * 4, 15, 2.6, 1.6, _mul(skin, 0.5))
 
-    # 5. Beard (No_Beard = -1), then mouth, then mustache on top.
+    # 5. Beard (No_Beard = -1), mustache, then the mouth on top so a mustache never hides
+    # the raised corners of a smile.
     if not on["No_Beard"]:
         # A full beard around the mouth; the upper lip stays bare so a mustache (drawn
-        # darker, on top) is its own visible cue.
+        # darker) is its own visible cue.
         pts = [(x * 1.03, y * 1.03 + 2) for x, y in _face_outline(rx, ry, male) if y > 6]
         pts += [(-(rx - 11), 8), (-21, 24), (-16, 40), (0, 44), (16, 40), (21, 24), (rx - 11, 8)]
         cv.poly(pts, beard_col)
-    lips = _LIPSTICK[st.lip_colour] if on["Wearing_Lipstick"] else _mix(skin, (150, 60, 60), 0.35)
-    _mouth(cv, on["Smiling"], on["Mouth_Slightly_Open"], on["Wearing_Lipstick"], lips)
     if on["Mustache"]:
         cv.poly([(-20, 29), (-12, 18.5), (0, 18), (12, 18.5), (20, 29), (9, 25), (0, 25.5), (-9, 25)],
                 _darker_than(_mul(beard_col, 0.7), skin, 60))
+    lips = _LIPSTICK[st.lip_colour] if on["Wearing_Lipstick"] else _mix(skin, (150, 60, 60), 0.35)
+    _mouth(cv, on["Smiling"], on["Mouth_Slightly_Open"], on["Wearing_Lipstick"], lips)
 
     # 6. Hair on top (or bangs), then the hat.
     if not bald:
