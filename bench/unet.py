@@ -8,6 +8,7 @@ and peak memory on CUDA. Models:
   diffusers-seed  the seed's denoiser: UNet2DConditionModel, blocks 64/128/256, cross-attention
                   at 8x8 and 4x4 (+ mid), cross_attention_dim 1280 (29.3M parameters)
   t2i-equal       t2i's UNet scaled to the same parameter count, same text input (1280-wide)
+  t2i-equal-nokv  the same without reusing the text K/V projections across sampling steps
   t2i-synth64     the synth64 preset that `t2i train` uses (128-wide text, pooled embedding)
 
 All see 4x16x16 latents and `--context-len` text tokens (16 by default: the seed's 1.63
@@ -92,8 +93,10 @@ def build_specs(names, device, channels_last):
     for name in names:
         if name == "diffusers-seed":
             spec = Spec(name, diffusers_seed(), 1280, 0, is_diffusers=True)
-        elif name == "t2i-equal":
+        elif name in ("t2i-equal", "t2i-equal-nokv"):
             spec = Spec(name, UNet(T2I_EQUAL), 1280, 0)
+            # -nokv: without reusing the text K/V projections across sampling steps
+            spec.module.set_text_kv_cache(name == "t2i-equal")
         elif name == "t2i-synth64":
             c = UNET_PRESETS["synth64"]
             spec = Spec(name, UNet(c), c.context_dim, c.pooled_dim)
@@ -170,14 +173,16 @@ class SampleStep:
         return self._forward(self.x)
 
 
-def timed(fn, iters, device) -> float:
-    """Seconds per call, averaged over `iters` calls."""
+def timed(fn, iters, device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, averaged over `iters` calls. On a shared
+    CPU the process time is the steadier measure of work (it excludes time spent descheduled);
+    it sums all threads."""
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         fn()
     sync(device)
-    return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - t0) / iters, (time.process_time() - c0) / iters
 
 
 def main(argv=None) -> int:
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--context-len", type=int, default=16)
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 5, quick 2)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--models", default="diffusers-seed,t2i-equal,t2i-synth64")
+    p.add_argument("--models", default="diffusers-seed,t2i-equal,t2i-equal-nokv,t2i-synth64")
     p.add_argument("--out", default="", help="JSON path (default bench/results/unet_<device>.json)")
     args = p.parse_args(argv)
 
@@ -227,24 +232,28 @@ def main(argv=None) -> int:
     specs = build_specs(args.models.split(","), device, args.channels_last)
     L = args.context_len
     results = {}
+    trains, samplers = {}, {}
     for spec in specs:
+        # FLOPs counted on the eager module (forward at batch 1; forward + backward of a step)
         spec.module.train()
         n_params = sum(p.numel() for p in spec.module.parameters())
         x, t, ctx, mask, pooled = spec.inputs(1, L, device)
         with torch.no_grad():
             fwd = count_flops(lambda: spec(x, t, ctx, mask, pooled))
+        trains[spec.name] = step = TrainStep(spec, train_B, L, device, amp, args.channels_last)
+        results[spec.name] = {
+            "params": n_params,
+            "fwd_gflop_per_img": fwd / 1e9,
+            "train_gflop_per_img": count_flops(step) / train_B / 1e9,
+        }
         if args.compile:
             spec.fn = torch.compile(spec.module)
-        results[spec.name] = {"params": n_params, "fwd_gflop_per_img": fwd / 1e9}
 
-    # Build the steps, count training FLOPs (fwd + bwd) and warm up.
-    trains, samplers = {}, {}
+    # Warm up (and compile): the training step, then the sampling steps.
     for spec in specs:
         spec.module.train()
-        trains[spec.name] = step = TrainStep(spec, train_B, L, device, amp, args.channels_last)
-        results[spec.name]["train_gflop_per_img"] = count_flops(step) / train_B / 1e9
         for _ in range(2):
-            step()
+            trains[spec.name]()
         spec.module.eval()
         for b in sample_Bs:
             samplers[spec.name, b] = s = SampleStep(spec, b, L, device, amp, args.channels_last,
@@ -273,33 +282,44 @@ def main(argv=None) -> int:
                     peak[spec.name, f"sample_b{b}"] = torch.cuda.max_memory_allocated() / 2**20
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
 
+    def med(xs, i):
+        return statistics.median(x[i] for x in xs)
+
     for spec in specs:
         res = results[spec.name]
-        med, best = statistics.median(train_t[spec.name]), min(train_t[spec.name])
-        res["train_img_per_s"] = train_B / med
-        res["train_img_per_s_best"] = train_B / best
-        res["train_tflops"] = res["train_gflop_per_img"] * train_B / med / 1e3
+        tt = train_t[spec.name]
+        res["train_img_per_s"] = train_B / med(tt, 0)
+        res["train_img_per_s_best"] = train_B / min(x[0] for x in tt)
+        res["train_img_per_cpu_s"] = train_B / med(tt, 1)
+        res["train_tflops"] = res["train_gflop_per_img"] * res["train_img_per_s"] / 1e3
         for b in sample_Bs:
             ts = sample_t[spec.name, b]
-            res[f"sample_ms_per_step_b{b}"] = statistics.median(ts) * 1e3
-            res[f"sample_ms_per_step_b{b}_best"] = min(ts) * 1e3
+            res[f"sample_ms_per_step_b{b}"] = med(ts, 0) * 1e3
+            res[f"sample_ms_per_step_b{b}_best"] = min(x[0] for x in ts) * 1e3
+            res[f"sample_cpu_ms_per_step_b{b}"] = med(ts, 1) * 1e3
         if device.type == "cuda":
             res["peak_mem_mib"] = {k[1]: v for k, v in peak.items() if k[0] == spec.name}
 
+    # Ratios against diffusers' UNet (> 1 means t2i is faster): wall-clock medians, and on CPU
+    # also process-CPU-time medians (steadier on a shared machine).
     ratios = {}
     if "diffusers-seed" in results:
         ref = results["diffusers-seed"]
         for name, res in results.items():
             if name == "diffusers-seed":
                 continue
-            ratios[name] = {
-                "params": res["params"] / ref["params"],
-                "train_speedup": res["train_img_per_s"] / ref["train_img_per_s"],
-                **{
-                    f"sample_speedup_b{b}": ref[f"sample_ms_per_step_b{b}"] / res[f"sample_ms_per_step_b{b}"]
-                    for b in sample_Bs
-                },
-            }
+            r = {"params": res["params"] / ref["params"],
+                 "fwd_flops": res["fwd_gflop_per_img"] / ref["fwd_gflop_per_img"],
+                 "train_speedup": res["train_img_per_s"] / ref["train_img_per_s"]}
+            for b in sample_Bs:
+                k = f"sample_ms_per_step_b{b}"
+                r[f"sample_speedup_b{b}"] = ref[k] / res[k]
+            if device.type == "cpu":
+                r["train_speedup_cpu_time"] = res["train_img_per_cpu_s"] / ref["train_img_per_cpu_s"]
+                for b in sample_Bs:
+                    k = f"sample_cpu_ms_per_step_b{b}"
+                    r[f"sample_speedup_b{b}_cpu_time"] = ref[k] / res[k]
+            ratios[name] = r
 
     import diffusers
 
@@ -326,17 +346,32 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
 
-    cols = ["params", "fwd_gflop_per_img", "train_img_per_s", "train_tflops"] + [
-        f"sample_ms_per_step_b{b}" for b in sample_Bs
-    ]
-    print(f"{'model':16s}" + "".join(f"{c:>24s}" for c in cols))
+    cols = {"params": "params", "fwd_gflop_per_img": "GFLOP/img", "train_img_per_s": "train img/s",
+            "train_tflops": "TFLOP/s"}
+    for b in sample_Bs:
+        cols[f"sample_ms_per_step_b{b}"] = f"ms/step b{b}"
+    if device.type == "cpu":
+        cols["train_img_per_cpu_s"] = "train img/cpu-s"
+        for b in sample_Bs:
+            cols[f"sample_cpu_ms_per_step_b{b}"] = f"cpu-ms/step b{b}"
+    if device.type == "cuda":
+        cols["peak_mem_mib"] = "peak MiB (train)"
+    print(f"{'model':16s}" + "".join(f"{c:>17s}" for c in cols.values()))
     for name, res in results.items():
-        cells = [f"{res['params'] / 1e6:.2f}M", f"{res['fwd_gflop_per_img']:.3f}"] + [
-            f"{res[c]:.3f}" if "tflops" in c else f"{res[c]:.1f}" for c in cols[2:]
-        ]
-        print(f"{name:16s}" + "".join(f"{c:>24s}" for c in cells))
+        cells = []
+        for c in cols:
+            v = res[c]
+            if c == "params":
+                cells.append(f"{v / 1e6:.2f}M")
+            elif c == "peak_mem_mib":
+                cells.append(f"{v.get('train', 0):.0f}")
+            elif c in ("fwd_gflop_per_img", "train_tflops"):
+                cells.append(f"{v:.3f}")
+            else:
+                cells.append(f"{v:.1f}")
+        print(f"{name:16s}" + "".join(f"{c:>17s}" for c in cells))
     for name, r in ratios.items():
-        print(f"{name} / diffusers-seed: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
+        print(f"{name} vs diffusers-seed: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     print(f"wrote {out}")
     return 0
 

@@ -153,3 +153,26 @@ def test_forward_errors():
         m(x, t)
     with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
         unet_preset("huge")
+
+
+def test_text_kv_cache_is_exact_and_invalidated():
+    m = perturbed(TINY)
+    x, t, ctx, mask, _ = inputs(TINY)
+    with torch.no_grad():
+        m.set_text_kv_cache(False)
+        ref1, ref2 = m(x, t, ctx, mask), m(x.flip(0), t, ctx, mask)
+        m.set_text_kv_cache(True)
+        assert torch.equal(m(x, t, ctx, mask), ref1)
+        assert torch.equal(m(x.flip(0), t, ctx, mask), ref2)  # second step reuses the K/V
+        m.set_text_kv_cache(False)
+        ref3 = m(x, t, 2 * ctx, mask)
+        m.set_text_kv_cache(True)
+        m(x, t, ctx, mask)  # cached for this tensor...
+        ctx.mul_(2)  # ...which then changes in place: must not be served from the cache
+        torch.testing.assert_close(m(x, t, ctx, mask), ref3, atol=0, rtol=0)
+    # with grad enabled (training) the projection is recomputed and differentiable
+    out = m(x, t, ctx, mask)
+    out.square().sum().backward()
+    kv = m.down[1][0].attn.block.cross_attn.to_kv
+    assert kv.weight.grad is not None and kv.weight.grad.abs().sum() > 0
+    assert "to_kv.weight" in " ".join(m.state_dict())

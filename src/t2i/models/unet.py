@@ -110,6 +110,40 @@ class UNetConfig:
         return self.num_heads or channels // self.head_dim
 
 
+class TextKVCache(nn.Linear):
+    """The cross-attention K/V projection of the text tokens, reused across sampling steps.
+
+    The text states are the same tensor at every denoising step, so in inference (no grad)
+    the projection is computed once per prompt batch and reused while the caller passes the
+    same, unmodified tensor (checked by identity and its in-place version counter) under the
+    same autocast setting. Training and anything with grad enabled computes it every call.
+    Same parameters and state-dict keys as the nn.Linear it replaces."""
+
+    enabled: bool = True
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or torch.is_grad_enabled():
+            return super().forward(context)
+        dev = context.device.type
+        w = self.weight
+        key = (context._version, w.data_ptr(), w.dtype, w._version,
+               torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        memo = self.__dict__.get("_memo")
+        if memo is not None and memo[0] is context and memo[1] == key:
+            return memo[2]
+        out = super().forward(context)
+        self.__dict__["_memo"] = (context, key, out)  # plain attribute: not a buffer, not saved
+        return out
+
+
+def _cache_text_kv(attn: nn.Module) -> None:
+    """Swap a cross-attention's `to_kv` Linear for a TextKVCache sharing its weight."""
+    old = attn.to_kv
+    new = TextKVCache(old.in_features, old.out_features, bias=False, device="meta")
+    new.weight = old.weight
+    attn.to_kv = new
+
+
 class PixelTransformer(nn.Module):
     """A pre-LN transformer block (self-attention, masked cross-attention, MLP) over the pixels
     of a feature map, residual. (B, C, H, W) -> tokens (B, HW, C) -> block -> back.
@@ -121,6 +155,8 @@ class PixelTransformer(nn.Module):
     def __init__(self, channels: int, heads: int, context_dim: int, mlp_mult: int):
         super().__init__()
         self.block = TransformerBlock(channels, heads, context_dim or None, mlp_mult)
+        if self.block.cross_attn is not None:
+            _cache_text_kv(self.block.cross_attn)
 
     def forward(self, x, context=None, context_mask=None):
         B, C, H, W = x.shape
@@ -216,6 +252,13 @@ class UNet(nn.Module):
         # so the initial loss is the target variance and the first steps are stable.
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def set_text_kv_cache(self, enabled: bool) -> None:
+        """Turn the inference-time reuse of the text K/V projections on or off (default on)."""
+        for m in self.modules():
+            if isinstance(m, TextKVCache):
+                m.enabled = enabled
+                m.__dict__.pop("_memo", None)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
