@@ -15,7 +15,10 @@ ResBlock's second GroupNorm (scale-shift, Dhariwal & Nichol 2021).
 Speed (CPU, batch 1 and small latents, where per-op overhead dominates): the transformer runs
 directly on the pixel tokens with its own pre-LayerNorms; LDM's extra GroupNorm + proj_in +
 proj_out around it would add three ops per site and a second, redundant normalisation.
-Attention uses the fused QKV / KV projections of `t2i.models.layers` and SDPA.
+Attention uses the fused QKV / KV projections of `t2i.models.layers` and SDPA. In sampling,
+the text K/V projections are computed once per prompt batch and reused at every step
+(`TextKVCache`), since the text does not change between steps. Parameters cost about
+2*h*w FLOPs per image, so wide coarse levels are cheap and wide fine levels expensive.
 """
 
 from __future__ import annotations
@@ -116,13 +119,15 @@ class TextKVCache(nn.Linear):
     The text states are the same tensor at every denoising step, so in inference (no grad)
     the projection is computed once per prompt batch and reused while the caller passes the
     same, unmodified tensor (checked by identity and its in-place version counter) under the
-    same autocast setting. Training and anything with grad enabled computes it every call.
-    Same parameters and state-dict keys as the nn.Linear it replaces."""
+    same autocast setting. Training, anything with grad enabled and torch.compile'd code
+    compute it every call. Same parameters and state-dict keys as the nn.Linear it replaces.
+    A CUDA graph captured after a warm-up call bakes in the cached K/V of that prompt: capture
+    per prompt batch, or call `UNet.set_text_kv_cache(False)` first."""
 
     enabled: bool = True
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or torch.is_grad_enabled():
+        if not self.enabled or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(context)
         dev = context.device.type
         w = self.weight
@@ -215,7 +220,6 @@ class UNet(nn.Module):
 
         # Up path, deepest level first; stored in level order so up[i] matches down[i].
         up: list[nn.ModuleList] = [None] * n  # type: ignore[list-item]
-        self.upsample = nn.ModuleList()
         for i in reversed(range(n)):
             attn = i in cfg.attention_levels
             level = nn.ModuleList()
