@@ -1,0 +1,314 @@
+"""Write an eval report: `report.json`, a self-contained `report.html` (plots and image grids
+embedded as base64 PNG) and a plain-text headline table for the terminal."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from t2i.checkpoint import atomic_write_json
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] -> PIL images."""
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _wrap(text: str, font, width: float) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if font.getlength(trial) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    return lines + [line] if line else lines
+
+
+def prompt_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, notes: list[str] | None = None,
+                scale: int = 2) -> Image.Image:
+    """One row per prompt: its `per_prompt` images (prompt-major order), the prompt under the
+    row, and under each image an optional note (e.g. the attributes the judge found wrong)."""
+    pil = to_pil(images)
+    if len(pil) != len(prompts) * per_prompt:
+        raise ValueError(f"{len(pil)} images for {len(prompts)} prompts x {per_prompt}")
+    font = ImageFont.load_default(size=11)
+    w, h = pil[0].size
+    w, h = w * scale, h * scale
+    width = per_prompt * w
+    line_h = 13
+    note_lines = [_wrap(n, font, w - 4)[:3] for n in notes] if notes else [[] for _ in pil]
+    note_h = line_h * max((len(n) for n in note_lines), default=0)
+    text_lines = [_wrap(p, font, width - 6) for p in prompts]
+    row_heights = [h + note_h + line_h * len(t) + 8 for t in text_lines]
+    grid = Image.new("RGB", (width, sum(row_heights)), "white")
+    draw = ImageDraw.Draw(grid)
+    y = 0
+    for r, (lines, rh) in enumerate(zip(text_lines, row_heights)):
+        for k in range(per_prompt):
+            i = r * per_prompt + k
+            grid.paste(pil[i].resize((w, h), Image.Resampling.NEAREST), (k * w, y))
+            for j, line in enumerate(note_lines[i]):
+                colour = (0, 110, 0) if line.startswith("ok") else (170, 0, 0)
+                draw.text((k * w + 2, y + h + 1 + line_h * j), line, fill=colour, font=font)
+        for j, line in enumerate(lines):
+            draw.text((3, y + h + note_h + 2 + line_h * j), line, fill="black", font=font)
+        y += rh
+        draw.line([(0, y - 2), (width, y - 2)], fill=(200, 200, 200))
+    return grid
+
+
+def png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure_png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def sweep_plots(report: dict) -> dict[str, str]:
+    """Base64 PNGs: faithfulness vs steps, FD vs steps, faithfulness vs guidance, per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report.get("sweep") or []
+    base = report["settings"]
+    out: dict[str, str] = {}
+    by_sampler: dict[str, list[dict]] = {}
+    for r in sweep:
+        if r["guidance"] == base["guidance"]:
+            by_sampler.setdefault(r["sampler"], []).append(r)
+    steps_rows = {s: sorted(rs, key=lambda r: r["steps"]) for s, rs in by_sampler.items() if len(rs) >= 2}
+    if steps_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for s, rs in steps_rows.items():
+            x = [r["steps"] for r in rs]
+            axes[0].plot(x, [r["macro_balanced"] for r in rs], "o-", label=f"{s} balanced")
+            axes[0].plot(x, [r["all_correct_rate"] for r in rs], "s--", label=f"{s} all-correct")
+            axes[1].plot(x, [r["fd"] for r in rs], "o-", label=s)
+        ceiling = report["faithfulness"]["ceiling_real"]
+        axes[0].axhline(ceiling["macro_balanced"], color="g", lw=0.8, ls=":", label="real images (ceiling)")
+        axes[0].axhline(0.5, color="r", lw=0.8, ls=":", label="chance")
+        floor = [r["fd_real_vs_real"] for r in sweep if r.get("fd_real_vs_real") is not None]
+        if floor:
+            axes[1].axhline(floor[0], color="g", lw=0.8, ls=":", label="real vs real (same n)")
+        for ax, title in zip(axes, ("faithfulness vs steps", "FD (judge features) vs steps")):
+            ax.set_xscale("log")
+            ax.set_xlabel("sampling steps")
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        out["steps"] = _figure_png(fig)
+    g_rows = sorted([r for r in sweep if r["steps"] == base["steps"] and r["sampler"] == base["sampler"]],
+                    key=lambda r: r["guidance"])
+    if len(g_rows) >= 2:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        x = [r["guidance"] for r in g_rows]
+        ax.plot(x, [r["macro_balanced"] for r in g_rows], "o-", label="balanced faithfulness")
+        ax.plot(x, [r["all_correct_rate"] for r in g_rows], "s--", label="all-correct rate")
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["fd"] for r in g_rows], "^:", color="gray", label="FD")
+        ax2.set_ylabel("FD")
+        ax.set_xlabel("guidance scale")
+        ax.set_title(f"vs guidance ({base['sampler']}, {base['steps']} steps)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+        out["guidance"] = _figure_png(fig)
+    return out
+
+
+def attribute_plot(report: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = report["faithfulness"]
+    names = list(f["test"]["per_attribute"])
+    if not names:
+        return None
+    series = [("generated (test prompts)", f["test"]), ("generated (held-out)", f.get("heldout")),
+              ("real images (ceiling)", f["ceiling_real"]), ("shuffled captions (floor)", f["floor_shuffled"])]
+    series = [(label, s) for label, s in series if s and s.get("images")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 3.8))
+    width = 0.8 / len(series)
+    x = np.arange(len(names))
+    for k, (label, s) in enumerate(series):
+        vals = [s["per_attribute"][n]["balanced"] for n in names]
+        ax.bar(x + k * width, [np.nan if v is None else v for v in vals], width, label=label)
+    ax.axhline(0.5, color="r", lw=0.8, ls=":")
+    ax.set_xticks(x + width * (len(series) - 1) / 2, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("balanced accuracy")
+    ax.set_title("per-attribute faithfulness")
+    ax.legend(fontsize=7, ncol=2)
+    return _figure_png(fig)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if x != 0 and abs(x) < 10 ** -digits:  # tiny values (an untrained judge's FD) keep their digits
+            return f"{x:.2g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    f, fd, clip, div = report["faithfulness"], report["fd"], report.get("clip_score") or {}, report["diversity"]
+    held = f.get("heldout") or {}
+    rows = [
+        ("attribute faithfulness (balanced, chance 0.5)", _fmt(f["test"]["macro_balanced"]),
+         _fmt(f["ceiling_real"]["macro_balanced"]), _fmt(f["floor_shuffled"]["macro_balanced"])),
+        ("all-attributes-correct rate", _fmt(f["test"]["all_correct_rate"]),
+         _fmt(f["ceiling_real"]["all_correct_rate"]), _fmt(f["floor_shuffled"]["all_correct_rate"])),
+        ("held-out combinations: balanced / all-correct",
+         f"{_fmt(held.get('macro_balanced'))} / {_fmt(held.get('all_correct_rate'))}", "", ""),
+        ("explicit negations obeyed", _fmt(f["test"].get("negations_obeyed")), "", ""),
+        ("FD, judge features (not Inception FID)", _fmt(fd["generated"], 2),
+         f"real/real {_fmt(fd['real_vs_real'], 2)}; VAE {_fmt(fd['vae_reconstruction'], 2)}",
+         f"shuffled prompts {_fmt(fd.get('column_shuffled_prompts'), 2)}"),
+        ("CLIP score (project CLIP)", _fmt(clip.get("generated"), 2), _fmt(clip.get("real"), 2),
+         _fmt(clip.get("real_shuffled"), 2)),
+        ("diversity (mean pairwise feature dist.)", _fmt(div.get("generated")),
+         _fmt(div.get("real_same_attributes")), ""),
+        ("seconds per image", _fmt(report["timing"]["seconds_per_image"], 4), "", ""),
+    ]
+    return rows
+
+
+def headline_table(report: dict) -> str:
+    rows = [("metric", "generated", "real (ceiling/ref)", "floor / control")] + headline_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    s = report["settings"]
+    title = (f"t2i eval: {report['model_id']} | {s['sampler']}, {s['steps']} steps, guidance {s['guidance']} | "
+             f"{report['suite']['info']['test_prompts']} test + {report['suite']['info']['heldout_prompts']} "
+             f"held-out prompts x {s['n_per_prompt']} images | judge test accuracy "
+             f"{_fmt(report['judge'].get('test_mean_balanced_accuracy'))}")
+    return title + "\n" + "\n".join(lines)
+
+
+def sweep_table(report: dict) -> str:
+    sweep = report.get("sweep") or []
+    if not sweep:
+        return ""
+    rows = [("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "s/image")]
+    for r in sweep:
+        rows.append((r["sampler"], str(r["steps"]), _fmt(r["guidance"], 1), _fmt(r["macro_balanced"]),
+                     _fmt(r["all_correct_rate"]), _fmt(r["fd"], 2), _fmt(r["seconds_per_image"], 4)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+# ----------------------------------------------------------------------------- html
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.note{color:#555;font-size:13px}img{max-width:100%}h2{margin-top:1.6em}"""
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, str]) -> str:
+    s, f = report["settings"], report["faithfulness"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>t2i eval: {html.escape(report['model_id'])}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>t2i eval: {html.escape(report['model_id'])}</h1>",
+             f"<p class='note'>model <code>{html.escape(report['model'])}</code>, data <code>{html.escape(report['data'])}</code>, "
+             f"sampler {html.escape(s['sampler'])}, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}, "
+             f"device {html.escape(report['device'])}, {html.escape(report['created'])}.</p>",
+             "<h2>Headline</h2>",
+             _table(headline_rows(report), ("metric", "generated", "real (ceiling/ref)", "floor / control")),
+             "<p class='note'>Faithfulness: per attribute, the mean of the judge's hit rate where the prompt asks "
+             "for the attribute and its rejection rate where it does not; a model that ignores the text scores 0.5. "
+             "The ceiling is the judge on real test images against their own attributes, the floor the same images "
+             "against shuffled captions. FD uses the project's own judge features, so it is <b>not comparable to "
+             "Inception FID</b>; compare it with the real-vs-real value at the same sample size.</p>"]
+    if "attributes" in plots:
+        parts.append(f"<h2>Per attribute</h2><img src='data:image/png;base64,{plots['attributes']}'>")
+    names = list(f["test"]["per_attribute"])
+    rows = []
+    for n in names:
+        t, c, fl = f["test"]["per_attribute"][n], f["ceiling_real"]["per_attribute"][n], f["floor_shuffled"]["per_attribute"][n]
+        h = (f.get("heldout") or {}).get("per_attribute", {}).get(n, {})
+        rows.append((n, _fmt(t["balanced"]), _fmt(t["hit_rate"]), _fmt(t["rejection_rate"]), f"{t['n_pos']}/{t['n_neg']}",
+                     _fmt(h.get("balanced")), _fmt(c["balanced"]), _fmt(fl["balanced"])))
+    parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
+                               "held-out balanced", "real (ceiling)", "shuffled (floor)")))
+    if report.get("sweep"):
+        parts.append("<h2>Sweep</h2>")
+        for key in ("steps", "guidance"):
+            if key in plots:
+                parts.append(f"<img src='data:image/png;base64,{plots[key]}'>")
+        sw = report["sweep"]
+        parts.append(_table([(r["sampler"], r["steps"], r["guidance"], _fmt(r["macro_balanced"]), _fmt(r["all_correct_rate"]),
+                              _fmt(r["fd"], 2), _fmt(r.get("fd_real_vs_real"), 2), _fmt(r["seconds_per_image"], 4), r["images"])
+                             for r in sw],
+                            ("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "FD real/real (same n)",
+                             "s/image", "images")))
+    for title, grid in grids.items():
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{png_base64(grid)}'>")
+    parts.append("<h2>Raw numbers</h2><p class='note'>All numbers are in report.json beside this file.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: dict, out_dir: str | Path, grids: dict[str, Image.Image]) -> dict[str, Path]:
+    """Write report.json, report.html and the grids as PNG files; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = sweep_plots(report)
+    attr = attribute_plot(report)
+    if attr:
+        plots["attributes"] = attr
+    paths = {"json": out_dir / "report.json", "html": out_dir / "report.html"}
+    atomic_write_json(paths["json"], report)
+    for k, grid in enumerate(grids.values()):
+        p = out_dir / f"grid_{k}.png"
+        grid.save(p)
+        paths[f"grid_{k}"] = p
+    tmp = paths["html"].with_suffix(".html.tmp")
+    tmp.write_text(render_html(report, grids, plots), encoding="utf-8")
+    tmp.replace(paths["html"])
+    return paths
+
+
+def load_report(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,387 @@
+"""`t2i eval`: generate from a prompt suite and measure whether the pictures obey the prompt.
+
+    t2i eval --model runs/demo --data data/synthfaces [--sweep] [--out runs/demo/eval]
+
+Metrics (definitions and chance levels in docs/eval.md): per-attribute balanced faithfulness
+judged by the project's attribute classifier, the all-attributes-correct rate, held-out
+attribute combinations, FD on judge features (with real-vs-real, VAE-reconstruction and
+shuffled-prompt references), CLIP score with the project's CLIP, and diversity. Everything is
+computed beside its ceiling and floor on real test images, so a number can be read alone.
+
+`evaluate(pipe, judge, data, cfg)` takes any object with the pipeline's call signature
+(`pipe(prompts, num_images=, steps=, guidance=, sampler=, seed=, output_type="pt")`,
+`pipe.vae`, `pipe.text_encoder`, `pipe.image_size`, `pipe.model_id`), so the metrics are
+tested without a trained diffusion model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2i.eval.faithfulness import (
+    faithfulness,
+    group_mean_pairwise_distance,
+    judge_images,
+    load_judge,
+    same_attribute_diversity,
+)
+from t2i.eval.fd import FDMeter
+from t2i.eval.prompts import PromptSuite, build_suite, caption_rows, column_shuffled, shuffled_rows
+from t2i.eval.report import headline_table, prompt_grid, sweep_table, write_report
+
+DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SAMPLER = 20, 3.0, "dpm++2m"  # the pipeline's defaults
+
+
+@dataclass
+class EvalConfig:
+    n_prompts: int = 64  # prompts drawn from test-split attribute rows
+    n_per_prompt: int = 4
+    n_heldout: int = 32  # prompts with attribute combinations absent from the training split
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    sampler: str = DEFAULT_SAMPLER
+    seed: int = 0
+    batch_size: int = 64  # images per pipeline call
+    max_real: int = 4000  # real test images loaded (ceiling, floor, FD reference)
+    negate_prob: float = 0.25  # share of prompts that also deny one absent attribute
+    sweep: bool = False
+    quick: bool = False  # sweep without the slow 400-step DDPM setting
+    sweep_prompts: int = 32  # test prompts used per sweep setting (x n_per_prompt images)
+    sweep_steps: tuple[int, ...] = (10, 20, 50)
+    sweep_guidance: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 7.5)
+    sweep_samplers: tuple[str, ...] = ()  # () = every sampler the pipeline offers
+    seed_setting: tuple[str, int] = ("ddpm", 400)  # the seed project's sampler and step count
+    grid_prompts: int = 12  # prompts per image grid in the HTML report
+    clip_images: int = 512  # real images scored for the CLIP ceiling/floor
+
+    def __post_init__(self):
+        for name in ("n_per_prompt", "steps", "batch_size", "max_real"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.n_prompts < 2:
+            raise ValueError(f"--n-prompts must be >= 2 (FD needs two images), got {self.n_prompts}")
+        if self.n_heldout < 0:
+            raise ValueError(f"--n-heldout must be >= 0, got {self.n_heldout}")
+        if self.guidance < 0:
+            raise ValueError(f"--guidance must be >= 0, got {self.guidance}")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _seed(seed: int, tag: str, batch: int) -> int:
+    return zlib.crc32(f"{seed}/{tag}/{batch}".encode()) & 0x7FFFFFFF
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generate_images(pipe, prompts: list[str], k: int, steps: int, guidance: float, sampler: str,
+                    seed: int, batch_size: int, tag: str, progress: bool = True) -> tuple[torch.Tensor, float]:
+    """`k` images per prompt (prompt-major), in batches of about `batch_size` images, each batch
+    seeded from (seed, tag, batch index): deterministic for a seed and batch size. Returns
+    (images (P*k, 3, H, W) in [-1, 1] on CPU, generation seconds)."""
+    per_call = max(1, batch_size // k)
+    chunks = [prompts[i : i + per_call] for i in range(0, len(prompts), per_call)]
+    out, seconds = [], 0.0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts) * k, desc=f"generate {tag}", unit="img", dynamic_ncols=True, leave=False)
+    for b, chunk in enumerate(chunks):
+        _sync(getattr(pipe, "device", "cpu"))
+        t0 = time.perf_counter()
+        images = pipe(chunk, num_images=k, steps=steps, guidance=guidance, sampler=sampler,
+                      seed=_seed(seed, tag, b), output_type="pt")
+        _sync(getattr(pipe, "device", "cpu"))
+        seconds += time.perf_counter() - t0
+        out.append(images.detach().float().cpu())
+        if bar is not None:
+            bar.update(len(chunk) * k)
+    if bar is not None:
+        bar.close()
+    return torch.cat(out), seconds
+
+
+@torch.no_grad()
+def vae_reconstruct(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Images through the VAE (posterior mean) and back: the best any latent model can do."""
+    device = next(vae.parameters()).device
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device).float()
+        out.append(vae.decode(vae.encode(x).mode()).clamp(-1, 1).float().cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_eval_data(data: str | Path, image_size: int, max_real: int) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
+    """(train rows (N_tr, 40) bool, test images (N, 3, S, S), test rows (N, 40) bool, all rows)."""
+    from t2i.data.celeba import FaceDataset, read_annotations
+    from t2i.train.judge import split_tensors
+
+    ann = read_annotations(data)
+    if not ann.has_attributes:
+        raise ValueError(f"{data}: no attribute labels; eval needs them to build prompts and score images")
+    if ann.partition is None:
+        raise ValueError(f"{data}: no train/val/test split file; eval needs a test split of real images")
+    rows = ann.attributes > 0.5
+    test = FaceDataset(data, split="test", image_size=image_size)
+    if len(test) < 4:
+        raise ValueError(f"{data}: the test split has {len(test)} images; eval needs at least 4")
+    images, attrs = split_tensors(test, max_real)
+    return rows[ann.partition == 0], images, attrs.numpy() > 0.5, rows
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class _Generated:
+    images: torch.Tensor
+    verdicts: torch.Tensor
+    features: torch.Tensor
+    seconds: float
+
+
+def _wrong_notes(verdicts: torch.Tensor, requested: np.ndarray, scored: tuple[str, ...]) -> list[str]:
+    from t2i.attributes import ATTRIBUTE_INDEX
+
+    idx = [ATTRIBUTE_INDEX[a] for a in scored]
+    notes = []
+    for v, r in zip(verdicts[:, idx].numpy(), requested[:, idx]):
+        wrong = [scored[j] for j in np.nonzero(v != r)[0]]
+        notes.append("ok" if not wrong else f"x{len(wrong)}: " + ", ".join(w.replace("_", " ").lower() for w in wrong))
+    return notes
+
+
+def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None,
+             judge_meta: dict | None = None, progress: bool = True, log=print) -> dict:
+    """Run the whole evaluation; write the report to `out_dir` if given. Returns report.json's dict."""
+    t_start = time.perf_counter()
+    judge = judge.eval()
+    K = cfg.n_per_prompt
+    train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real)
+    suite: PromptSuite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed,
+                                     cfg.negate_prob, all_rows=all_rows)
+    scored = suite.scored
+    log(f"[eval] {len(real)} real test images, {len(scored)} scored attributes; "
+        f"{suite.info['test_prompts']} test + {suite.info['heldout_prompts']} held-out prompts x {K}")
+
+    # 1. The judge on real test images: ceiling (own attributes) and floor (shuffled captions).
+    real_verdicts, real_features = judge_images(judge, real)
+    shuffled = shuffled_rows(real_rows, cfg.seed)
+    ceiling = faithfulness(real_verdicts, real_rows, scored)
+    floor = faithfulness(real_verdicts, shuffled, scored)
+
+    # 2. Generate the suite (test and held-out prompts together, prompt-major).
+    def run_set(prompts, tag, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler) -> _Generated:
+        images, seconds = generate_images(pipe, prompts, K, steps, guidance, sampler, cfg.seed, cfg.batch_size,
+                                          tag, progress)
+        verdicts, features = judge_images(judge, images)
+        return _Generated(images, verdicts, features, seconds)
+
+    test_idx, held_idx = suite.group("test"), suite.group("heldout")
+    main = run_set(suite.texts(), "suite")
+    requested = np.repeat(suite.requested(), K, axis=0)  # (P*K, 40)
+    negated = [p.negated for p in suite.prompts for _ in range(K)]
+    rows_of = {name: [i * K + k for i in idx for k in range(K)] for name, idx in (("test", test_idx), ("heldout", held_idx))}
+
+    def score(name: str) -> dict | None:
+        r = rows_of[name]
+        if not r:
+            return None
+        return faithfulness(main.verdicts[r], requested[r], scored, [negated[i] for i in r])
+
+    # 3. FD against half of the real test images; the other half gives the real-vs-real floor.
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))
+    ref, other = perm[: len(real) // 2], perm[len(real) // 2 :]
+    meter = FDMeter(judge, real[ref])
+    gen_test = main.images[rows_of["test"]]
+    n_fd = len(gen_test)
+    other_n = other[:n_fd]
+    fd = {
+        "generated": meter.fd(gen_test),
+        "real_vs_real": meter.fd(real[other_n]),
+        "vae_reconstruction": None,
+        "column_shuffled_prompts": None,
+        "n_generated": n_fd, "n_reference": len(ref), "n_real_other": len(other_n),
+        "features": f"judge penultimate layer ({judge.num_features} dims); not Inception, not comparable to FID",
+    }
+    if getattr(pipe, "vae", None) is not None:
+        fd["vae_reconstruction"] = meter.fd(vae_reconstruct(pipe.vae, real[other_n]))
+    # Control: the same attribute frequencies, with each column shuffled across prompts, so the
+    # combinations ignore the data's correlations; FD should rise if it sees attributes at all.
+    test_rows = suite.requested(test_idx)
+    mixed = caption_rows(column_shuffled(test_rows, scored, cfg.seed), scored)
+    mixed_images, _ = generate_images(pipe, mixed, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+                                      cfg.batch_size, "shuffled", progress)
+    fd["column_shuffled_prompts"] = meter.fd(mixed_images)
+
+    # 4. CLIP score with the project's CLIP, against real images with their own / shuffled captions.
+    clip = None
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and hasattr(text_encoder, "score"):
+        texts = [suite.prompts[i].text for i in test_idx for _ in range(K)]
+        n_clip = min(cfg.clip_images, len(real))
+        clip = {
+            "generated": float(text_encoder.score(gen_test, texts).mean()),
+            "real": float(text_encoder.score(real[:n_clip], caption_rows(real_rows[:n_clip], scored)).mean()),
+            "real_shuffled": float(text_encoder.score(real[:n_clip], caption_rows(shuffled[:n_clip], scored)).mean()),
+        }
+
+    # 5. Diversity within a prompt, and among real images sharing all scored attributes.
+    diversity = {
+        "generated": group_mean_pairwise_distance(main.features[rows_of["test"]], K),
+        "real_same_attributes": same_attribute_diversity(real_features, real_rows, scored, seed=cfg.seed),
+    }
+
+    report = {
+        "model": str(getattr(pipe, "model_dir", "")) or str(getattr(pipe, "model_id", "")),
+        "model_id": str(getattr(pipe, "model_id", "t2i")),
+        "data": str(data),
+        "device": str(getattr(pipe, "device", "cpu")),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "settings": {**asdict(cfg), "image_size": int(pipe.image_size)},
+        "judge": {k: (judge_meta or {}).get(k) for k in ("test_mean_balanced_accuracy", "path")},
+        "suite": {"info": suite.info, "prompts": [p.to_dict(scored) for p in suite.prompts]},
+        "faithfulness": {"test": score("test"), "heldout": score("heldout"), "all": faithfulness(
+            main.verdicts, requested, scored, negated), "ceiling_real": ceiling, "floor_shuffled": floor},
+        "fd": fd,
+        "clip_score": clip,
+        "diversity": diversity,
+        "timing": {"seconds_per_image": main.seconds / max(1, len(main.images)),
+                   "images": int(len(main.images)), "batch_size": cfg.batch_size},
+        "sweep": run_sweep(pipe, judge, suite, cfg, meter, real[other], progress, log) if cfg.sweep else [],
+    }
+    report["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
+
+    if out_dir is not None:
+        grids = {}
+        for name, idx in (("test prompts", test_idx), ("held-out combinations", held_idx)):
+            idx = idx[: cfg.grid_prompts]
+            if idx:
+                rows = [i * K + k for i in idx for k in range(K)]
+                grids[f"Generated images: {name} (judge's misses in red)"] = prompt_grid(
+                    main.images[rows], suite.texts(idx), K,
+                    _wrong_notes(main.verdicts[rows], requested[rows], scored))
+        paths = write_report(report, out_dir, grids)
+        log(f"[eval] wrote {paths['json']} and {paths['html']}")
+    return report
+
+
+def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int, float]]:
+    """(sampler, steps, guidance) settings, without repeats: steps at the default sampler and
+    guidance, every sampler at the default steps, every guidance at the default sampler/steps,
+    and the seed project's 400-step DDPM unless `quick`."""
+    out: list[tuple[str, int, float]] = []
+    for s in cfg.sweep_steps:
+        out.append((cfg.sampler, s, cfg.guidance))
+    for sampler in cfg.sweep_samplers or samplers:
+        out.append((sampler, cfg.steps, cfg.guidance))
+    for g in cfg.sweep_guidance:
+        out.append((cfg.sampler, cfg.steps, float(g)))
+    if not cfg.quick:
+        out.append((cfg.seed_setting[0], int(cfg.seed_setting[1]), cfg.guidance))
+    seen, unique = set(), []
+    for setting in out:
+        if setting not in seen:
+            seen.add(setting)
+            unique.append(setting)
+    return unique
+
+
+def run_sweep(pipe, judge, suite: PromptSuite, cfg: EvalConfig, meter: FDMeter, real_other: torch.Tensor,
+              progress: bool, log) -> list[dict]:
+    try:
+        from t2i.diffusion.samplers import SAMPLERS
+
+        samplers = list(SAMPLERS)
+    except ImportError:
+        samplers = [cfg.sampler]
+    idx = suite.group("test")[: cfg.sweep_prompts]
+    K = cfg.n_per_prompt
+    prompts = suite.texts(idx)
+    requested = np.repeat(suite.requested(idx), K, axis=0)
+    n = len(prompts) * K
+    fd_floor = meter.fd(real_other[:n]) if len(real_other) >= 2 else None
+    results = []
+    for sampler, steps, guidance in sweep_settings(cfg, samplers):
+        # Every setting starts from the same noise (same tag and seeds): only the setting differs.
+        images, seconds = generate_images(pipe, prompts, K, steps, guidance, sampler, cfg.seed, cfg.batch_size,
+                                          "sweep", progress)
+        verdicts, _ = judge_images(judge, images)
+        f = faithfulness(verdicts, requested, suite.scored)
+        row = {"sampler": sampler, "steps": steps, "guidance": guidance, "macro_balanced": f["macro_balanced"],
+               "all_correct_rate": f["all_correct_rate"], "fd": meter.fd(images), "fd_real_vs_real": fd_floor,
+               "seconds_per_image": seconds / n, "images": n}
+        results.append(row)
+        log(f"[eval] sweep {sampler:>14} {steps:4d} steps guidance {guidance:4.1f}: balanced "
+            f"{row['macro_balanced']:.3f} all-correct {row['all_correct_rate']:.3f} FD {row['fd']:.2f} "
+            f"{row['seconds_per_image'] * 1000:.1f} ms/img")
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory (vae/, clip/, unet/, tokenizer.json)")
+    parser.add_argument("--judge", help="judge (model dir or judge dir); default MODEL/judge")
+    parser.add_argument("--data", required=True, help="dataset directory with attributes and a test split")
+    parser.add_argument("--out", help="report directory; default MODEL/eval")
+    parser.add_argument("--n-prompts", type=int, default=EvalConfig.n_prompts)
+    parser.add_argument("--n-per-prompt", type=int, default=EvalConfig.n_per_prompt)
+    parser.add_argument("--n-heldout", type=int, default=EvalConfig.n_heldout)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size, help="images per pipeline call")
+    parser.add_argument("--max-real", type=int, default=EvalConfig.max_real, help="real test images to load")
+    parser.add_argument("--sweep", action="store_true", help="also sweep steps, samplers and guidance")
+    parser.add_argument("--quick", action="store_true", help="sweep without the 400-step DDPM setting")
+    parser.add_argument("--sweep-prompts", type=int, default=EvalConfig.sweep_prompts)
+    parser.add_argument("--device", help="cuda | mps | cpu (default: the best available)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from t2i.checkpoint import resolve_component
+    from t2i.pipeline import T2IPipeline, check_settings
+
+    cfg = EvalConfig(n_prompts=args.n_prompts, n_per_prompt=args.n_per_prompt, n_heldout=args.n_heldout,
+                     steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
+                     batch_size=args.batch_size, max_real=args.max_real, sweep=args.sweep, quick=args.quick,
+                     sweep_prompts=args.sweep_prompts)
+    check_settings(steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
+    model = Path(args.model)
+    pipe = T2IPipeline.from_pretrained(model, device=args.device)
+    pipe.model_dir = model
+    judge_path = Path(args.judge) if args.judge else model
+    judge, meta = load_judge(judge_path, device=pipe.device)
+    judge_meta = {"path": str(resolve_component(judge_path, "judge"))}
+    metrics_path = Path(judge_meta["path"]) / "metrics.json"
+    if metrics_path.is_file():
+        judge_meta.update(json.loads(metrics_path.read_text()))
+    out = Path(args.out) if args.out else model / "eval"
+    report = evaluate(pipe, judge, args.data, cfg, out, judge_meta=judge_meta, progress=not args.no_progress)
+    print(headline_table(report))
+    if report["sweep"]:
+        print(sweep_table(report))
+    print(f"report: {out / 'report.html'}")
+    return 0
