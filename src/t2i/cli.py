@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from t2i.train.loop import TrainingInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "_module"):
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
+    except TrainingInterrupted as e:
+        print(f"t2i: {e}", file=sys.stderr)
+        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     except CLIError as e:
         print(f"t2i: error: {e}", file=sys.stderr)
         return 2
