@@ -45,16 +45,17 @@ from t2i.models.layers import (
 class UNetConfig:
     in_channels: int = 4
     out_channels: int = 4
+    # Defaults are the synth64 preset.
     channels: tuple[int, ...] = (64, 128, 128)  # width per resolution level (level 0 = input size)
-    blocks: int | tuple[int, ...] = 2  # ResBlocks per level on the way down (up: one more)
+    blocks: int | tuple[int, ...] = 1  # ResBlocks per level on the way down (up: one more)
     attention_levels: tuple[int, ...] = (0, 1, 2)  # levels with a transformer after each ResBlock
     mid_attention: bool = True  # transformer in the mid block (lowest resolution)
     head_dim: int = 32  # attention heads = width // head_dim (ignored when num_heads > 0)
     num_heads: int = 0  # a fixed head count for every level instead of head_dim
     context_dim: int = 128  # text token width for cross-attention (0 = no cross-attention)
-    pooled_dim: int = 0  # pooled text embedding width, added to the time embedding (0 = off)
+    pooled_dim: int = 128  # pooled text embedding width, added to the time embedding (0 = off)
     time_embed_dim: int = 0  # 0 = 4 * channels[0] (DDPM / ADM)
-    mlp_mult: int = 4
+    mlp_mult: int = 2  # transformer MLP width = mlp_mult * channels
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
