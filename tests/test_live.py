@@ -211,3 +211,19 @@ def test_interactive_terminal_draws_half_blocks(live_model, tmp_path):
     assert "▀" in text and "\x1b[38;2;" in text and ";48;2;" in text  # truecolor half blocks
     assert "step 3/3" in text
     assert (out / "0001_0.png").is_file()
+
+
+def test_window_view_draws_each_frame_offscreen():
+    """The --window view's drawing, with matplotlib's Agg backend instead of a display."""
+    from t2i.app.stream import Frame
+    from t2i.live import PlainView, WindowView
+
+    lines = io.StringIO()
+    view = WindowView(PlainView(out=lines), backend="Agg")
+    a, b = Image.new("RGB", (8, 4), (255, 0, 0)), Image.new("RGB", (8, 4), (0, 0, 255))
+    view.frame(Frame(1, 2, 0.1, preview=a))
+    assert view.im.get_array()[0, 0].tolist() == [255, 0, 0]
+    view.frame(Frame(2, 2, 0.2, preview=b))
+    assert view.im.get_array()[0, 0].tolist() == [0, 0, 255] and view.ax.get_title() == "step 2/2"
+    assert "step 1/2" in lines.getvalue()
+    view.plt.close(view.fig)

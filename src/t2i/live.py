@@ -24,11 +24,26 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, as_float, as_int, validate_request
+from t2i.app.limits import (
+    MAX_SEED,
+    GenerationRequest,
+    Limits,
+    RequestError,
+    as_float,
+    as_int,
+    validate_request,
+)
 from t2i.app.stream import Frame, stream_generation
 from t2i.generate import png_metadata
-from t2i.pipeline import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_IMAGES_PER_CALL, MAX_STEPS,
-                          SAMPLERS, T2IPipeline)
+from t2i.pipeline import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    MAX_IMAGES_PER_CALL,
+    MAX_STEPS,
+    SAMPLERS,
+    T2IPipeline,
+)
 
 # A local user may ask for anything the pipeline supports.
 LIVE_LIMITS = Limits(max_steps=MAX_STEPS, max_images=MAX_IMAGES_PER_CALL, max_prompt_chars=10_000,
@@ -221,10 +236,10 @@ class WindowView:
 
     needs_previews = True
 
-    def __init__(self, inner: PlainView):
+    def __init__(self, inner: PlainView, backend: str = "TkAgg"):
         import matplotlib
 
-        matplotlib.use("TkAgg")
+        matplotlib.use(backend)  # the tests draw with "Agg" (no display)
         import matplotlib.pyplot as plt
 
         self.inner, self.plt = inner, plt

@@ -16,8 +16,14 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 
-from t2i.pipeline import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, MAX_IMAGES_PER_CALL, MAX_STEPS,
-                          SAMPLERS)
+from t2i.pipeline import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    MAX_IMAGES_PER_CALL,
+    MAX_STEPS,
+    SAMPLERS,
+)
 
 MAX_SEED = 2**31 - 1
 # Categories dropped from prompts: Cc control (NUL, ESC, DEL, ...), Cf format (zero-width

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from t2i.app.compose import AGE_CHOICES, NEGATABLE_ATTRIBUTES, PRESENT_ATTRIBUTES, SEX_CHOICES, choices, compose_prompt
+from t2i.app.compose import (
+    AGE_CHOICES,
+    NEGATABLE_ATTRIBUTES,
+    PRESENT_ATTRIBUTES,
+    SEX_CHOICES,
+    choices,
+    compose_prompt,
+)
 from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, validate_request
 from t2i.app.stream import stream_generation
 from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, T2IPipeline
@@ -34,15 +41,18 @@ THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
                    font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
 
 
-class _Slider(gr.Slider):
-    """A slider whose out-of-range values reach the handler, which rejects them with a message
-    naming the field (gradio's own check says only "Value 9999 is greater than maximum value
-    50"). Same front-end component as gr.Slider."""
+def _Slider(*args, **kwargs) -> gr.Slider:
+    """A gr.Slider whose out-of-range values reach the handler, which rejects them with a
+    message naming the field (gradio's own check says only "Value 9999 is greater than
+    maximum value 50", without saying which field). The override is per instance: a
+    Slider subclass would make gradio write a .pyi stub next to this file."""
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = _unchecked
+    return slider
 
-    is_template = True  # render with gr.Slider's front-end component
 
-    def preprocess(self, payload):
-        return payload
+def _unchecked(payload):
+    return payload
 
 
 def launch_kwargs() -> dict:
@@ -88,18 +98,19 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                     with gr.Row():
                         sex = gr.Radio(list(SEX_CHOICES), value="any", label="Sex")
                         age = gr.Radio(list(AGE_CHOICES), value="any", label="Age")
-                    present = gr.CheckboxGroup(choices(present_names), label="Has")
-                    absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without")
+                    present = gr.CheckboxGroup(choices(present_names), label="Has", elem_id="t2i-has")
+                    absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without",
+                                              elem_id="t2i-without")
                 negative = gr.Textbox(label="Negative prompt", lines=1, max_length=limits.max_prompt_chars,
                                       placeholder="what to steer away from, e.g. eyeglasses")
                 with gr.Row():
                     steps = _Slider(1, limits.max_steps, value=min(DEFAULT_STEPS, limits.max_steps), step=1,
-                                    label="Steps")
+                                    label="Steps", elem_id="t2i-steps")
                     guidance = _Slider(0, limits.max_guidance, value=min(DEFAULT_GUIDANCE, limits.max_guidance),
                                        step=0.5, label="Guidance")
                 with gr.Row():
                     sampler = gr.Dropdown(sorted(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-                    num_images = _Slider(1, limits.max_images, value=1, step=1, label="Images")
+                    num_images = _Slider(1, limits.max_images, value=1, step=1, label="Images", elem_id="t2i-images")
                 with gr.Row():
                     # No gradio bounds: the handler checks [0, MAX_SEED] with a message naming the field.
                     seed = gr.Number(value=0, precision=0, label=f"Seed (0 to {MAX_SEED})")
@@ -112,7 +123,7 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                                    format="png", interactive=False, height=320, elem_id="t2i-preview",
                                    elem_classes="t2i-pixels", buttons=["download"])
                 info = gr.Markdown(label="Status", elem_id="t2i-info")
-                gallery = gr.Gallery(label="Results", format="png", columns=4, fit_columns=False, height="auto",
+                gallery = gr.Gallery(label="Results", format="png", columns=4, fit_columns=False, height=260,
                                      object_fit="contain", interactive=False,
                                      elem_id="t2i-gallery", elem_classes="t2i-pixels",
                                      buttons=["download", "fullscreen"])
@@ -150,7 +161,7 @@ def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
                 # gradio writes str-valued `info` entries into the PNG it serves, so a
                 # downloaded image carries its settings like `t2i generate`'s files.
                 image.info.update({k: str(v) for k, v in meta.items()} | {"index": str(i)})
-                results.append((image, f"seed {request.seed} #{i}"))
+                results.append((image, f"#{i}"))
             note = (f"model `{_md(pipe.model_id)}` · sampler {request.sampler} · {request.steps} steps · "
                     f"guidance {request.guidance:g} · seed {request.seed} · "
                     f"**{per_image:.2f} s per image** ({frame.elapsed:.1f} s for {len(frame.images)})")

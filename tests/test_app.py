@@ -1,0 +1,300 @@
+"""The web app's API, through gradio_client against a real `t2i serve` subprocess: streamed
+frames, final images, clear errors for bad fields, odd prompts, and 8 requests at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from t2i.app.limits import GenerationRequest, Limits, RequestError, clean_text, validate_request
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import tiny_model_fixture  # noqa: E402
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+ENTRY = "import sys; from t2i.cli import main; sys.exit(main(sys.argv[1:]))"
+QUEUE_SIZE = 3
+
+
+@pytest.fixture(scope="session")
+def app_model(tmp_path_factory, synth_dir):
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`t2i serve` on a free localhost port; returns once the page answers."""
+    port = free_port()
+    env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                        "GRADIO_TEMP_DIR": str(log_path.parent / "gradio_tmp"), "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-c", ENTRY, "serve", "--model", str(model), "--port", str(port), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"t2i serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"t2i serve did not answer in time:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(app_model, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc, url = start_server(app_model, log_path, "--max-steps", "50", "--max-images", "4",
+                             "--max-prompt-chars", "300", "--concurrency", "1", "--queue-size", str(QUEUE_SIZE))
+    yield proc, url, log_path
+    stop_server(proc)
+
+
+def test_serve_listens_on_localhost_only_by_default(server):
+    import psutil
+
+    proc, _, _ = server
+    listening = [c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and set(listening) == {"127.0.0.1"}, listening
+
+
+@pytest.fixture
+def client(server, tmp_path):
+    _, url, _ = server
+    return gradio_client.Client(url, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+
+
+def request(prompt="a photo of a smiling woman with blond hair", **kw):
+    return dict(prompt=prompt, negative_prompt="", steps=4, guidance=3.0, sampler="dpm++2m", seed=0,
+                random_seed=False, num_images=1) | kw
+
+
+def image_size(model: Path) -> int:
+    from t2i.pipeline import T2IPipeline
+
+    return T2IPipeline.from_pretrained(model, device="cpu").image_size
+
+
+# -- validation, no server ------------------------------------------------------------------------
+
+
+def test_validation_names_the_field_and_cleans_prompts():
+    limits = Limits(max_steps=50, max_images=4, max_prompt_chars=300)
+    r = validate_request(limits, " a  bald\tman\n\x07with ｇｌａｓｓｅｓ\u200b\u202e 🙂 ", steps=10.0, seed=5,
+                         num_images=2)
+    assert r == GenerationRequest("a bald man with glasses 🙂", "", 10, 3.0, "dpm++2m", 5, 2)
+    assert clean_text("caf\u0065\u0301 \ud800x", "prompt", 50) == "café x"  # NFKC; lone surrogate dropped
+    cases = [
+        (dict(steps=51), "steps must be an integer in \\[1, 50\\], got 51"),
+        (dict(steps=2.5), "steps"),
+        (dict(steps=True), "steps"),
+        (dict(guidance=float("inf")), "guidance"),
+        (dict(guidance=-1), "guidance"),
+        (dict(sampler="plms"), "unknown sampler 'plms'"),
+        (dict(num_images=0), "number of images"),
+        (dict(seed=2**31), "seed"),
+        (dict(prompt="x" * 100_000), "prompt is 100,000 characters long; the limit is 300"),
+        (dict(prompt="\x00\x01 \u200b"), "prompt is empty"),
+        (dict(negative_prompt="n" * 301), "negative prompt is 301 characters"),
+    ]
+    for kw, message in cases:
+        args = dict(prompt="a man") | kw
+        with pytest.raises(RequestError, match=message):
+            validate_request(limits, **args)
+    assert len({validate_request(limits, "a man", seed=0, random_seed=True).seed for _ in range(5)}) > 1
+    assert 0 <= validate_request(limits, "a man", seed=-1).seed <= 2**31 - 1
+
+
+def test_compose_prompt_uses_the_training_vocabulary():
+    from t2i.app.compose import compose_prompt
+    from t2i.data.captions import caption_mentions
+
+    text = compose_prompt("woman", "young", ["Smiling", "Blond_Hair", "Eyeglasses"], ["Wearing_Hat"])
+    assert caption_mentions(text) == {"Male": False, "Young": True, "Smiling": True, "Blond_Hair": True,
+                                      "Eyeglasses": True, "Wearing_Hat": False}
+    assert caption_mentions(compose_prompt("man", "any", ["No_Beard"])) == {"Male": True, "No_Beard": False}
+    with pytest.raises(RequestError, match="unknown attribute"):
+        compose_prompt(present=["../../etc/passwd"])
+    with pytest.raises(RequestError, match="cannot be negated"):
+        compose_prompt(absent=["Black_Hair"])
+
+
+# -- the API --------------------------------------------------------------------------------------
+
+
+def test_generate_streams_frames_then_final_images(client, app_model):
+    job = client.submit(**request(steps=24, num_images=2, seed=3), api_name="/generate")
+    outputs = list(job)
+    preview, gallery, info = job.result(timeout=120)
+    assert len(outputs) > 1, outputs  # frames were streamed before the result
+    frames = [o[0] for o in outputs[:-1]]
+    assert all(f and Path(f).is_file() for f in frames)
+    assert "step " in outputs[0][2]
+    size = image_size(app_model)
+    assert len(gallery) == 2
+    for item in gallery:
+        with Image.open(item["image"]) as im:
+            im.load()
+            assert im.size == (size, size)
+            # The served PNG carries its settings, like `t2i generate`'s files.
+            assert im.text["prompt"] == "a photo of a smiling woman with blond hair"
+            assert (im.text["seed"], im.text["steps"], im.text["sampler"]) == ("3", "24", "dpm++2m")
+    with Image.open(preview) as im:
+        assert im.size[1] == size and im.size[0] > 2 * size  # both images, side by side
+    assert "per image" in info and "dpm++2m" in info and "seed 3" in info
+
+
+def test_same_seed_same_images(client):
+    a = client.predict(**request(seed=42), api_name="/generate")[1][0]["image"]
+    b = client.predict(**request(seed=42), api_name="/generate")[1][0]["image"]
+    with Image.open(a) as ia, Image.open(b) as ib:
+        assert ia.tobytes() == ib.tobytes()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=1000), "steps must be an integer in [1, 50], got 1000"),
+    (dict(prompt="a" * 100_000), "prompt is 100,000 characters long; the limit is 300"),
+    (dict(num_images=9), "number of images must be an integer in [1, 4]"),
+    (dict(guidance=1e9), "guidance must be a number in [0, 20]"),
+    (dict(seed=-5, random_seed=False, prompt="   "), "prompt is empty"),
+])
+def test_bad_requests_get_a_clear_error_not_a_hang(client, app_model, kw, message):
+    t0 = time.perf_counter()
+    job = client.submit(**request(**kw), api_name="/generate")
+    with pytest.raises(Exception) as info:
+        job.result(timeout=60)
+    text = str(info.value)
+    assert message in text
+    assert str(app_model) not in text and "Traceback" not in text and "/tmp" not in text
+    assert time.perf_counter() - t0 < 60
+
+
+def test_odd_prompts_work(client):
+    odd = [
+        "a smiling woman 👩‍🦰 with glasses 🤓",
+        "一个戴眼镜的微笑女人",
+        "مرأة مبتسمة \u202eRTL override\u202c",
+        "tab\there\nnew line\r\nand \x00 NUL \x1b[2J ANSI \x7f DEL",
+        "zero\u200bwidth \ufeffBOM and \U000f0000 private use",
+        "<script>alert(1)</script> & ' \" `code` **bold**",
+    ]
+    for prompt in odd:
+        preview, gallery, info = client.predict(**request(prompt, steps=2), api_name="/generate")
+        assert len(gallery) == 1 and Path(gallery[0]["image"]).is_file(), prompt
+        assert "<script>" not in info
+        with Image.open(gallery[0]["image"]) as im:
+            used = im.text["prompt"]  # what the model was given, as recorded in the PNG
+        assert used and not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u200b\u202e\ufeff" for c in used), used
+
+
+def test_raw_json_with_a_lone_surrogate(server):
+    """A hostile client can send what gradio_client cannot encode: a lone UTF-16 surrogate
+    (valid JSON, invalid Unicode). It is dropped from the prompt and the image is made."""
+    _, url, _ = server
+    body = (b'{"data": ["a smiling man \\ud83d with glasses", "", 2, 3, "ddim", 1, false, 1]}')
+    req = urllib.request.Request(f"{url}/gradio_api/call/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        event_id = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{url}/gradio_api/call/generate/{event_id}", timeout=120) as r:
+        stream = r.read().decode()
+    assert "event: complete" in stream and "event: error" not in stream, stream[-1000:]
+
+
+def test_eight_concurrent_requests_stay_bounded(server, tmp_path):
+    import psutil
+
+    proc, url, log_path = server
+    server_ps = psutil.Process(proc.pid)
+    rss_before = server_ps.memory_info().rss
+    peak = [rss_before]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], server_ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    def one(i: int):
+        c = gradio_client.Client(url, verbose=False, download_files=str(tmp_path / f"c{i}"), analytics_enabled=False)
+        t0 = time.perf_counter()
+        try:
+            _, gallery, _ = c.submit(**request(f"a photo of person number {i}", steps=20, num_images=2, seed=i),
+                                     api_name="/generate").result(timeout=300)
+            return "done", len(gallery), time.perf_counter() - t0
+        except Exception as e:  # the busy refusal arrives as an exception from the client
+            return "refused", f"{type(e).__name__}: {e}", time.perf_counter() - t0
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    stop.set()
+    watcher.join()
+
+    done = [r for r in results if r[0] == "done"]
+    refused = [r for r in results if r[0] == "refused"]
+    assert done and all(r[1] == 2 for r in done), results
+    for r in refused:
+        assert "Queue is full" in r[1], r  # a clear "busy" answer, not a hang or a crash
+    assert len(done) + len(refused) == 8
+    assert proc.poll() is None, log_path.read_text()[-2000:]  # still up, and still serving:
+    check = gradio_client.Client(url, verbose=False, download_files=str(tmp_path / "after"), analytics_enabled=False)
+    assert len(check.predict(**request(steps=2), api_name="/generate")[1]) == 1
+    growth = (peak[0] - rss_before) / 2**20
+    print(f"\n8 concurrent requests (concurrency 1, queue {QUEUE_SIZE}): {len(done)} done, {len(refused)} refused "
+          f"as busy; server RSS before {rss_before / 2**20:.0f} MiB, peak {peak[0] / 2**20:.0f} MiB "
+          f"(+{growth:.0f} MiB); slowest request {max(r[2] for r in results):.1f} s")
+    assert growth < 500, f"server RSS grew by {growth:.0f} MiB under 8 requests"
+
+
+def test_space_entry_point_builds_the_same_app(app_model, monkeypatch):
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("T2I_MODEL_DIR", str(app_model))
+    monkeypatch.setenv("T2I_MAX_STEPS", "12")
+    ns = runpy.run_path(str(root / "app.py"))  # not __main__: builds, does not launch
+    demo, kwargs = ns["demo"], ns["launch_kwargs"]
+    api = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert "generate" in api
+    assert ns["limits_from_env"]().max_steps == 12
+    assert kwargs["show_error"] is False and "server_name" not in kwargs  # gradio's default host: localhost
+    with pytest.raises(SystemExit, match="T2I_QUEUE_SIZE must be an integer"):
+        ns["limits_from_env"]({"T2I_QUEUE_SIZE": "lots"})
