@@ -298,3 +298,14 @@ def test_space_entry_point_builds_the_same_app(app_model, monkeypatch):
     assert kwargs["show_error"] is False and "server_name" not in kwargs  # gradio's default host: localhost
     with pytest.raises(SystemExit, match="T2I_QUEUE_SIZE must be an integer"):
         ns["limits_from_env"]({"T2I_QUEUE_SIZE": "lots"})
+
+
+def test_truncation_note_for_prompts_longer_than_the_context(app_model):
+    from t2i.app.stream import truncation_note
+    from t2i.pipeline import T2IPipeline
+
+    pipe = T2IPipeline.from_pretrained(app_model, device="cpu")
+    assert truncation_note(pipe, "a photo of a man") is None
+    note = truncation_note(pipe, " ".join(["a smiling man with glasses"] * 40))
+    context = pipe.text_encoder.tokenizer.context_length
+    assert note is not None and f"reads only the first {context - 2}" in note

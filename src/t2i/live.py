@@ -33,7 +33,7 @@ from t2i.app.limits import (
     as_int,
     validate_request,
 )
-from t2i.app.stream import Frame, stream_generation
+from t2i.app.stream import Frame, stream_generation, truncation_note
 from t2i.generate import png_metadata
 from t2i.pipeline import (
     DEFAULT_GUIDANCE,
@@ -337,6 +337,10 @@ class LiveSession:
         request = validate_request(LIVE_LIMITS, prompt, s.negative, s.steps, s.guidance, s.sampler,
                                    seed=s.seed, random_seed=s.seed is None, num_images=s.n)
         previews = []
+        for text in (request.prompt, request.negative_prompt):
+            warning = truncation_note(self.pipe, text)
+            if warning:
+                self.view.say(f"warning: {warning}")
         self.view.start(request)
         final = None
         decode = self.view.needs_previews or s.gif

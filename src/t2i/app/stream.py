@@ -55,6 +55,16 @@ def tile(images: list[Image.Image], cols: int | None = None, gap: int = 2) -> Im
     return grid
 
 
+def truncation_note(pipe: T2IPipeline, prompt: str) -> str | None:
+    """A warning when the prompt is longer than the text encoder's context (the encoder then
+    reads only the start of it), else None."""
+    tokenizer = pipe.text_encoder.tokenizer
+    n, context = tokenizer.num_tokens(prompt), tokenizer.context_length
+    if n <= context:
+        return None
+    return f"the prompt is {n - 2} tokens long; the model reads only the first {context - 2}"
+
+
 def stream_generation(
     pipe: T2IPipeline,
     request: GenerationRequest,

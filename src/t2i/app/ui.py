@@ -24,7 +24,7 @@ from t2i.app.compose import (
     compose_prompt,
 )
 from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, validate_request
-from t2i.app.stream import stream_generation
+from t2i.app.stream import stream_generation, truncation_note
 from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, T2IPipeline
 
 log = logging.getLogger("t2i.app")
@@ -165,6 +165,10 @@ def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
             note = (f"model `{_md(pipe.model_id)}` · sampler {request.sampler} · {request.steps} steps · "
                     f"guidance {request.guidance:g} · seed {request.seed} · "
                     f"**{per_image:.2f} s per image** ({frame.elapsed:.1f} s for {len(frame.images)})")
+            for text in (request.prompt, request.negative_prompt):
+                warning = truncation_note(pipe, text)
+                if warning:
+                    note += f"  \n⚠ {warning}"
             yield frame.preview, results, note
     except gr.Error:
         raise
