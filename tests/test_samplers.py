@@ -104,8 +104,9 @@ def test_dpmpp_2m_karras_matches_diffusers(prediction):
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_ddpm_posterior_matches_diffusers(spacing):
-    """Same generator, same draws: the ancestral trajectory (posterior mean + fixed-small
-    variance) equals diffusers' DDPMScheduler step by step."""
+    """Same generator, so the same noise draws: the ancestral trajectory (posterior mean plus
+    fixed-small variance times the same z, at every strided step) equals diffusers'
+    DDPMScheduler's; a wrong mean or variance at any step would show in the end point."""
     from diffusers import DDPMScheduler
 
     ref = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
@@ -119,14 +120,17 @@ def test_ddpm_posterior_matches_diffusers(spacing):
                        generator=torch.Generator().manual_seed(7))
     theirs = run_diffusers(ref, x.clone(), generator=torch.Generator().manual_seed(7))
     assert_rel_close(ours, theirs)
-    # and the one-step posterior mean alone (noise drawn but zero-variance last step excluded)
-    t0 = ts[-1:]
-    x0 = make_denoiser(dummy_model, s, "v")(x, t0.expand(2))
-    ours_mean = sample_ddpm(lambda x, t: x0, x.clone(), t0, s)  # last step: mean, no noise
-    ref.set_timesteps(20)
-    theirs_mean = ref.step(dummy_model(x, t0.expand(2)), t0[0], x.clone(),
-                           generator=torch.Generator().manual_seed(0)).pred_original_sample
-    assert_rel_close(ours_mean, theirs_mean)
+
+
+def test_ddim_eta_one_is_the_ddpm_posterior():
+    """DDIM with eta=1 has the DDPM posterior's variance, and then its mean equals the
+    posterior mean (Song et al. 2021, eq. 16): same draws, same trajectory."""
+    s = NoiseSchedule("cosine")
+    denoise = make_denoiser(dummy_model, s, "v")
+    ts = timesteps(s, 10)
+    a = sample_ddpm(denoise, start_noise(), ts, s, generator=torch.Generator().manual_seed(4))
+    b = sample_ddim(denoise, start_noise(), ts, s, generator=torch.Generator().manual_seed(4), eta=1.0)
+    assert_rel_close(a, b)
 
 
 def test_euler_ancestral_matches_diffusers():
