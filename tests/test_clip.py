@@ -49,7 +49,10 @@ def test_logit_scale_is_clamped_at_100(tok):
     assert m.scale().item() == pytest.approx(100.0)
 
 
-def test_padding_does_not_change_a_prompts_outputs(model, tok):
+@pytest.mark.parametrize("pool", ["eos", "mean", "attn"])
+def test_padding_does_not_change_a_prompts_outputs(tok, pool):
+    torch.manual_seed(0)
+    model = CLIP(CLIPConfig(vocab_size=tok.vocab_size, text_pool=pool, **TINY)).eval()
     short, long = "a man", "a woman with black hair and heavy makeup, smiling"
     with torch.no_grad():
         ids, mask = tok.encode([short])
@@ -76,6 +79,18 @@ def test_positive_mask_from_captions_and_attributes():
     assert torch.equal(positive_mask(caps, attrs), expected)
     assert torch.equal(positive_mask(caps), expected & torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0],
                                                                        [1, 0, 1, 0], [0, 0, 0, 1]]).bool())
+
+
+def test_positive_mask_with_several_captions_per_image():
+    # Image 0 owns texts 0 and 1, image 1 owns text 2; text 2 repeats text 0's caption.
+    owner = torch.tensor([0, 0, 1])
+    attrs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = positive_mask(["a", "b", "a"], attrs, owner)
+    assert pos.tolist() == [[True, True, True], [True, False, True]]
+    assert positive_mask(["a", "b", "c"], attrs, owner).tolist() == [[True, True, False], [False, False, True]]
+    # Same attribute vector: every text of either image is a positive of both.
+    same = positive_mask(["a", "b", "c"], torch.ones(2, 2), owner)
+    assert same.all()
 
 
 def test_multipositive_equals_infonce_when_all_differ():
@@ -121,15 +136,39 @@ def test_multipositive_matches_hand_computed_value_with_duplicates():
     assert abs(infonce - loss.item()) > 0.1
 
 
+def test_multipositive_with_several_captions_per_image_by_hand():
+    # Two images, three texts (image 0 owns texts 0 and 1). Scale 1.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    pos = positive_mask(["a", "b", "c"], owner=torch.tensor([0, 0, 1]))
+    loss = contrastive_loss(img, txt, torch.tensor(1.0), pos)
+    logits = [[1.0, 0.6, 0.0], [0.0, 0.8, 1.0]]  # img @ txt.T
+    i2t = _soft_ce_rows(logits, [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    t2i = _soft_ce_rows([list(c) for c in zip(*logits)], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert loss.item() == pytest.approx(0.5 * (i2t + t2i), rel=1e-6)
+    with pytest.raises(ValueError, match="at least one positive"):
+        contrastive_loss(img, txt, torch.tensor(1.0), torch.zeros(2, 3, dtype=torch.bool))
+    # Text 1 as a hard negative (no owner): it only joins image 0's softmax... and image 1's.
+    pos = positive_mask(["a", "b", "c"], torch.eye(2), torch.tensor([0, -1, 1]),
+                        text_attributes=torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]))
+    assert pos.tolist() == [[True, False, False], [False, False, True]]
+    loss = contrastive_loss(img, txt, torch.tensor(1.0), pos)
+    i2t = _soft_ce_rows(logits, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    t2i = _soft_ce_rows([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])  # texts 0 and 2 only
+    assert loss.item() == pytest.approx(0.5 * (i2t + t2i), rel=1e-6)
+
+
 def test_loss_trains_a_tiny_model(tok):
     # A few steps on 4 distinct pairs must cut the loss: gradients reach both towers.
     torch.manual_seed(0)
     m = CLIP(CLIPConfig(vocab_size=tok.vocab_size, **TINY))
-    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    images = -torch.ones(4, 3, 16, 16)
+    for i in range(4):  # image i: a bright square in quadrant i
+        images[i, :, 8 * (i // 2):8 * (i // 2) + 8, 8 * (i % 2):8 * (i % 2) + 8] = 1
     ids, mask = tok.encode(CAPTIONS[:4])
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = None
-    for _ in range(30):
+    for _ in range(20):
         loss = contrastive_loss(*m(images, ids, mask), positive_mask(CAPTIONS[:4]))
         first = first if first is not None else loss.item()
         opt.zero_grad()
@@ -179,3 +218,92 @@ def test_text_encoder_does_not_import_data_or_train():
             "bad = [m for m in sys.modules if m.startswith(('t2i.data', 't2i.train'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training through the CLI on the session's SynthFaces set (tiny preset, CPU, seconds)
+
+
+def _train(synth_dir, out, *extra) -> int:
+    from t2i.cli import main
+
+    # --no-preload: the shared fixture directory stays read-only (no pixel cache written in it).
+    return main(["train", "clip", "--data", str(synth_dir), "--out", str(out), "--preset", "tiny",
+                 "--no-preload", "--eval-images", "12", "--zeroshot-images", "8", *extra])
+
+
+def test_train_three_steps_via_cli(synth_dir, tmp_path):
+    import json
+
+    out = tmp_path / "model"
+    assert _train(synth_dir, out, "--steps", "3") == 0
+    assert (out / "tokenizer.json").is_file()
+    enc = TextEncoder.from_pretrained(out)
+    hidden, mask, pooled = enc.encode(["a smiling woman wearing a hat", ""])
+    assert hidden.shape[:2] == mask.shape == (2, enc.context_length) and pooled.shape == (2, enc.embed_dim)
+    metrics = json.loads((out / "clip" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["loss"] == "multipos" and metrics["val_images"] > 0
+    for kind in ("retrieval_complete", "retrieval_dataset"):
+        r = metrics[kind]
+        assert 0 <= r["t2i_r1"] <= r["t2i_r5"] <= 1 and 0 <= r["i2t_r1"] <= r["i2t_r5"] <= 1
+    assert metrics["zeroshot"] and 0 <= metrics["zeroshot_mean_accuracy"] <= 1
+    records = [json.loads(x) for x in (out / "logs" / "clip" / "train_log.jsonl").read_text().splitlines()]
+    assert {"loss", "logit_scale", "batch_i2t_acc", "positives_per_row"} <= set(records[-1])
+
+
+def test_infonce_option_and_bad_loss(synth_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "m"
+    assert _train(synth_dir, out, "--steps", "1", "--loss", "infonce") == 0
+    assert json.loads((out / "clip" / "metrics.json").read_text())["loss"] == "infonce"
+    with pytest.raises(SystemExit):  # argparse rejects an unknown loss by name
+        _train(synth_dir, tmp_path / "x", "--loss", "nope")
+    assert "nope" in capsys.readouterr().err
+
+
+def test_resume_continues_at_the_right_step(synth_dir, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    args = ("--steps", "4", "--ckpt-every", "2")
+    straight = tmp_path / "straight"
+    assert _train(synth_dir, straight, *args) == 0
+    # A second run starting from the straight run's step-2 checkpoint; its tokenizer is
+    # retrained from scratch, which must give the same ids (deterministic BPE).
+    resumed = tmp_path / "resumed"
+    ckpt = straight / "checkpoints" / "clip" / "step_0000002"
+    shutil.copytree(ckpt, resumed / "checkpoints" / "clip" / ckpt.name)
+    assert _train(synth_dir, resumed, *args) == 0
+    assert (resumed / "tokenizer.json").read_text() == (straight / "tokenizer.json").read_text()
+    assert json.loads((resumed / "clip" / "metrics.json").read_text())["resumed_from"] == 2
+    a = load_file(straight / "clip" / "model.safetensors")
+    b = load_file(resumed / "clip" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_attribute_prompt_pairs_differ_only_in_that_attribute():
+    import numpy as np
+
+    from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
+    from t2i.data.captions import VOCAB, caption_mentions
+    from t2i.data.synthfaces import RENDERED_ATTRIBUTES
+    from t2i.train.clip import attribute_prompt_pair
+
+    attrs = np.zeros(NUM_ATTRIBUTES, dtype=np.float32)
+    for a in ("Male", "Young", "Smiling", "Black_Hair", "No_Beard"):
+        attrs[ATTRIBUTE_INDEX[a]] = 1
+    for a in RENDERED_ATTRIBUTES:
+        p_on, p_off = attribute_prompt_pair(attrs, a, RENDERED_ATTRIBUTES)
+        m_on, m_off = caption_mentions(p_on), caption_mentions(p_off)
+        assert m_on.get(a) is True, (a, p_on)  # No_Beard's "on" is said: "clean-shaven"
+        assert m_off.get(a, False) is False, (a, p_off)
+        if VOCAB[a].neg:  # denied explicitly where the vocabulary can
+            assert a in m_off, (a, p_off)
+        others = lambda m: {k: v for k, v in m.items() if k != a}  # noqa: E731
+        assert others(m_on) == others(m_off), (a, p_on, p_off)
+    on, off = attribute_prompt_pair(attrs, "Eyeglasses", RENDERED_ATTRIBUTES)
+    assert on == "a photo of a young man with black hair and a smile, wearing glasses"
+    assert off == "a photo of a young man with black hair and a smile, without glasses"

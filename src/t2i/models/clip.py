@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.models.layers import Downsample, ResBlock, TransformerBlock, group_norm
+from t2i.models.layers import Attention, Downsample, ResBlock, TransformerBlock, group_norm
 
 
 @dataclass
@@ -40,10 +40,23 @@ class CLIPConfig:
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    # image tower: ResNet stages (one Downsample between stages), at `image_size` pixels
-    image_size: int = 32
+    # Pooled text embedding: "eos" (CLIP: the EOS token's final state), "mean" (masked mean
+    # of the real tokens' final states) or "attn" (attention pooling with one learned query,
+    # Lee et al. 2019's PMA as in SigLIP's MAP head; it starts as the mean and learns which
+    # tokens matter). "eos" sat at the chance loss for hundreds of steps here; see docs/clip.md.
+    text_pool: str = "attn"
+    # image tower: inputs are resized to `image_size`; a stem conv with stride `stem_stride`
+    # (a learned, patchify-like downsampling that keeps small details such as earrings, which
+    # resizing would blur away) then ResNet stages with one Downsample between stages.
+    image_size: int = 64
+    stem_stride: int = 2
     image_channels: tuple[int, ...] = (32, 64, 128)
     image_blocks: int = 1  # ResBlocks per stage
+    # GroupNorm groups in the image tower. Few groups on purpose: with one channel per group
+    # (layers.group_norm's default for <= 32 channels) GroupNorm is InstanceNorm, which
+    # removes each channel's image-wide mean -- the colour cues (hair colour, pale skin) and
+    # all content of a flat image.
+    image_norm_groups: int = 8
     # joint space
     embed_dim: int = 128
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
@@ -55,10 +68,14 @@ class CLIPConfig:
             raise ValueError(
                 f"text_width={self.text_width} is not divisible by text_heads={self.text_heads}"
             )
-        if self.image_size % 2 ** (len(self.image_channels) - 1):
-            raise ValueError(
-                f"image_size={self.image_size} is not divisible by 2**{len(self.image_channels) - 1}"
-            )
+        if self.text_pool not in ("eos", "mean", "attn"):
+            raise ValueError(f"text_pool must be 'eos', 'mean' or 'attn', got {self.text_pool!r}")
+        if self.stem_stride not in (1, 2, 4):
+            raise ValueError(f"stem_stride must be 1, 2 or 4, got {self.stem_stride}")
+        factor = self.stem_stride * 2 ** (len(self.image_channels) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size={self.image_size} is not divisible by the image tower's "
+                             f"downsampling factor {factor}")
 
 
 class TextTransformer(nn.Module):
@@ -74,6 +91,11 @@ class TextTransformer(nn.Module):
         )
         self.ln_final = nn.LayerNorm(c.text_width)
         self.projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
+        self.pool = c.text_pool
+        if self.pool == "attn":
+            # A zero query attends uniformly: the pooling starts as a (linear map of the) mean.
+            self.pool_query = nn.Parameter(torch.zeros(c.text_width))
+            self.pool_attn = Attention(c.text_width, c.text_heads, context_dim=c.text_width)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask (B, L) -> hidden (B, L, W), pooled (B, E) (not normalised).
@@ -89,9 +111,16 @@ class TextTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, self_mask=mask)
         hidden = self.ln_final(x)  # (B, L, W)
-        eos = mask.sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
-        pooled = self.projection(hidden[torch.arange(B, device=ids.device), eos])  # (B, E)
-        return hidden, pooled
+        if self.pool == "eos":
+            eos = mask.sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
+            pooled = hidden[torch.arange(B, device=ids.device), eos]  # (B, W)
+        elif self.pool == "mean":
+            w = mask.to(hidden.dtype)[:, :, None]  # (B, L, 1)
+            pooled = (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, W)
+        else:
+            q = self.pool_query.expand(B, 1, -1).to(hidden.dtype)  # (B, 1, W)
+            pooled = self.pool_attn(q, context=hidden, mask=mask)[:, 0]  # (B, W)
+        return hidden, self.projection(pooled)  # (B, L, W), (B, E)
 
 
 class ImageEncoder(nn.Module):
@@ -103,17 +132,23 @@ class ImageEncoder(nn.Module):
         c = config
         self.image_size = c.image_size
         chans = c.image_channels
-        self.stem = nn.Conv2d(3, chans[0], 3, padding=1)
+        s = c.stem_stride
+        # stride 1: 3x3 conv; stride s > 1: 2s x 2s kernel, overlapping patches (S -> S / s)
+        self.stem = (nn.Conv2d(3, chans[0], 3, padding=1) if s == 1
+                     else nn.Conv2d(3, chans[0], 2 * s, stride=s, padding=s // 2))
         layers: list[nn.Module] = []
         ch = chans[0]
         for i, out_ch in enumerate(chans):
             for _ in range(c.image_blocks):
-                layers.append(ResBlock(ch, out_ch))
+                block = ResBlock(ch, out_ch)
+                block.norm1 = group_norm(ch, c.image_norm_groups)  # see image_norm_groups
+                block.norm2 = group_norm(out_ch, c.image_norm_groups)
+                layers.append(block)
                 ch = out_ch
             if i < len(chans) - 1:
                 layers.append(Downsample(ch))
         self.body = nn.Sequential(*layers)
-        self.norm = group_norm(ch)
+        self.norm = group_norm(ch, c.image_norm_groups)
         self.projection = nn.Linear(ch, c.embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +160,7 @@ class ImageEncoder(nn.Module):
         if (H, W) != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True,
                                    align_corners=False)  # (B, 3, S, S)
-        h = self.body(self.stem(images))  # (B, C_last, S / 2^(n-1), ...)
+        h = self.body(self.stem(images))  # (B, C_last, S / (stem_stride * 2^(n-1)), ...)
         h = F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, C_last)
         return self.projection(h)
 
@@ -175,22 +210,45 @@ class CLIP(nn.Module):
 
 
 def positive_mask(
-    captions: list[str] | None = None, attributes: torch.Tensor | None = None
+    captions: list[str] | torch.Tensor | None = None,
+    attributes: torch.Tensor | None = None,
+    owner: torch.Tensor | None = None,
+    text_attributes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, B) bool: True where items i and j are positives for each other, i.e. i == j, their
-    captions are identical, or their attribute vectors are identical."""
-    if captions is None and attributes is None:
-        raise ValueError("positive_mask needs captions, attributes or both")
-    B = len(captions) if captions is not None else attributes.shape[0]
-    device = attributes.device if attributes is not None else None
-    pos = torch.eye(B, dtype=torch.bool, device=device)
-    if captions is not None:
-        index: dict[str, int] = {}
-        cap_ids = torch.tensor([index.setdefault(c, len(index)) for c in captions], device=device)
-        pos |= cap_ids[:, None] == cap_ids[None, :]
+    """(B_img, B_txt) bool: True where image i and text j are positives of each other.
+
+    Text j belongs to image `owner[j]` (default: text j to image j, a square batch; -1: to no
+    image, e.g. a hard-negative caption). Image i and text j are positives when j belongs to
+    i, when i's attribute vector equals the one j describes (`text_attributes[j]`, by default
+    that of j's image), or when j's caption is identical to a caption that belongs to i.
+
+    `captions` (per text) may be strings or an integer tensor of caption keys (e.g. hashes,
+    which can cross process boundaries in a gather); `attributes` is (B_img, A)."""
+    if captions is None and attributes is None and owner is None:
+        raise ValueError("positive_mask needs captions, attributes or owner")
+    device = next((t.device for t in (owner, attributes, captions) if isinstance(t, torch.Tensor)), None)
+    if owner is None:
+        n = len(captions) if captions is not None else attributes.shape[0]
+        owner = torch.arange(n, device=device)
+    N = owner.shape[0]
+    B = attributes.shape[0] if attributes is not None else int(owner.max()) + 1
+    own = owner[None, :] == torch.arange(B, device=device)[:, None]  # (B, N) text j is image i's
+    pos = own
     if attributes is not None:
         a = attributes.reshape(B, -1)
-        pos |= (a[:, None, :] == a[None, :, :]).all(dim=-1)
+        if text_attributes is None:
+            if (owner < 0).any():
+                raise ValueError("texts without an owner need text_attributes")
+            text_attributes = a[owner]
+        pos = pos | (a[:, None, :] == text_attributes[None, :, :]).all(dim=-1)  # same attributes
+    if captions is not None:
+        if isinstance(captions, torch.Tensor):
+            cap_ids = captions.reshape(N)
+        else:
+            index: dict[str, int] = {}
+            cap_ids = torch.tensor([index.setdefault(c, len(index)) for c in captions], device=device)
+        same_text = cap_ids[:, None] == cap_ids[None, :]  # (N, N)
+        pos = pos | ((own.float() @ same_text.float()) > 0)  # i owns a text identical to j
     return pos
 
 
@@ -200,21 +258,30 @@ def contrastive_loss(
     scale: torch.Tensor,
     positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric contrastive loss over a batch of L2-normalised features (B, E).
+    """Symmetric contrastive loss between L2-normalised image (B_img, E) and text (B_txt, E)
+    features.
 
-    positives=None is CLIP's InfoNCE: cross-entropy towards the diagonal, averaged over the
-    image->text and text->image directions. With a (B, B) bool `positives` mask the target of
-    each row is uniform over its positives (multi-positive soft targets, as in SupCon,
-    Khosla et al. 2020, and the soft-target CLIP variants), so two images with the same
-    caption are not pushed apart. With an identity mask both are the same number.
+    positives=None is CLIP's InfoNCE (square batch): cross-entropy towards the diagonal,
+    averaged over the image->text and text->image directions. With a (B_img, B_txt) bool
+    `positives` mask the target of each row (and of each column, for text->image) is uniform
+    over its positives (multi-positive soft targets, as in SupCon, Khosla et al. 2020, and
+    the soft-target CLIP variants), so two images with the same caption are not pushed
+    apart, and an image may come with several captions. A text with no positive image (a
+    hard-negative caption, NegCLIP, Yuksekgonul et al. 2023) only enlarges the image->text
+    softmax. With an identity mask both are the same number.
     """
     logits = scale * image_features @ text_features.t()  # (B_img, B_txt)
     if positives is None:
         labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
     pos = positives.to(logits.dtype)
+    if (pos.sum(dim=1) == 0).any():
+        raise ValueError("every image needs at least one positive text")
     t_i2t = pos / pos.sum(dim=1, keepdim=True)  # each row sums to 1
-    t_t2i = pos.t() / pos.t().sum(dim=1, keepdim=True)
     loss_i2t = -(t_i2t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t2i = -(t_t2i * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    # Texts that describe no image in the batch (hard negatives) only compete in image->text.
+    has = pos.sum(dim=0) > 0  # (B_txt,)
+    pos_t = pos.t()[has]  # (B_txt', B_img)
+    t_t2i = pos_t / pos_t.sum(dim=1, keepdim=True)
+    loss_t2i = -(t_t2i * F.log_softmax(logits.t()[has], dim=1)).sum(dim=1).mean()
     return 0.5 * (loss_i2t + loss_t2i)

@@ -1,0 +1,542 @@
+"""Stage 2: train the tokenizer and CLIP (`t2i train clip`).
+
+1. If MODEL_DIR/tokenizer.json is missing, train the byte-level BPE tokenizer on the training
+   captions (deterministic) and save it.
+2. Train CLIP on (image, caption) pairs with the shared loop. Loss: the symmetric contrastive
+   loss with multi-positive soft targets (`--loss multipos`, default): pairs whose captions or
+   attribute vectors are identical are positives of each other, so duplicates are not pushed
+   apart; `--loss infonce` is CLIP's plain InfoNCE. With several processes, features are
+   gathered (with gradients) so the loss sees the global batch.
+3. Evaluate on the validation split (`evaluate`) and write MODEL_DIR/clip/{config.json,
+   model.safetensors, metrics.json}.
+
+Metrics (all on validation images; see docs/clip.md):
+- zero-shot attribute accuracy: for each captioned attribute that varies, score every image
+  against two prompts that differ *only* in that attribute (the image's own complete caption
+  with the attribute set, and with it unset -- denied explicitly where the caption vocabulary
+  has a negative: "..., without eyeglasses"); correct when the prompt matching the image's
+  true value scores higher. Reported per attribute (accuracy and class-balanced accuracy) and
+  as means.
+- retrieval R@1/R@5 over unique captions, text->image and image->text, for the complete
+  canonical captions and for the dataset's own (partial) captions. A hit is an item with the
+  same attribute vector; for partial captions also "consistent" (the image has every
+  attribute the caption asserts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from t2i.attributes import ATTRIBUTE_INDEX
+from t2i.checkpoint import atomic_write_json, save_component
+from t2i.config import replace
+from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
+from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from t2i.train.loop import Context, LoopConfig, Stage, StepOutput, train
+
+LOSSES = ("multipos", "infonce")
+
+
+@dataclass
+class ClipPreset:
+    model: CLIPConfig
+    loop: LoopConfig
+    image_size: int = 64  # dataset resolution (the pipeline's); the tower resizes to model.image_size
+    flip: bool = True  # random horizontal flips (every captioned attribute is flip-invariant)
+    loss: str = "multipos"
+    # Captions per image per step: 1 = the one the dataset samples; k > 1 adds the image's
+    # next k-1 captions (text is ~5x cheaper than pixels, so extra captions are cheap
+    # supervision; the multi-positive loss treats all of an image's captions as positives).
+    text_views: int = 1
+    # Hard-negative captions per image per step (NegCLIP, Yuksekgonul et al. 2023): the
+    # image's caption with one attribute flipped to a false claim ("with glasses" for a face
+    # without them, "without glasses" for one with). They only enter the image->text softmax
+    # and force the towers to notice every single attribute, which in-batch negatives (that
+    # differ in many attributes at once) rarely do.
+    hard_negatives: int = 0
+    vocab_size: int = 1024  # upper bound; caption text usually needs fewer merges
+    context_length: int = DEFAULT_CONTEXT_LENGTH
+    tokenizer_images: int = 20_000  # images whose captions train the tokenizer
+    eval_images: int = 1000  # validation images for retrieval
+    zeroshot_images: int = 500  # validation images for zero-shot attribute accuracy
+
+
+PRESETS: dict[str, ClipPreset] = {
+    # Seconds on CPU: tests and smoke runs.
+    "tiny": ClipPreset(
+        model=CLIPConfig(text_width=32, text_layers=1, text_heads=2, image_size=32, stem_stride=2,
+                         image_channels=(8, 16), embed_dim=32),
+        loop=LoopConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, log_every=5, ckpt_every=10),
+        image_size=32, vocab_size=512, context_length=48, eval_images=32, zeroshot_images=16,
+    ),
+    # The one-command demo's CLIP on SynthFaces 64px: a few minutes on 2 CPU cores.
+    "synth64": ClipPreset(
+        model=CLIPConfig(text_width=128, text_layers=2, text_heads=4, image_size=64, stem_stride=2,
+                         image_channels=(32, 64, 128), embed_dim=128),
+        loop=LoopConfig(steps=600, batch_size=128, lr=2e-3, warmup_steps=50, log_every=25,
+                        ckpt_every=200, weight_decay=0.0),
+        image_size=64,
+    ),
+    # CelebA 128px: a wider, deeper tower for real faces (GPU).
+    "celeba128": ClipPreset(
+        model=CLIPConfig(text_width=256, text_layers=4, text_heads=4, image_size=128, stem_stride=2,
+                         image_channels=(64, 128, 256, 256), image_blocks=2, embed_dim=256),
+        loop=LoopConfig(steps=20_000, batch_size=256, lr=1e-3, warmup_steps=500, log_every=100,
+                        ckpt_every=2000, weight_decay=0.1),
+        image_size=128, eval_images=2000, zeroshot_images=2000,
+    ),
+}
+
+
+def caption_key(caption: str) -> int:
+    """A stable 63-bit hash of a caption (identical across processes, unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+class ClipStage(Stage):
+    name = "clip"
+
+    def __init__(self, preset: ClipPreset, tokenizer: CaptionTokenizer, val_set=None, varied=(),
+                 train_captions=None):
+        if preset.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
+        if preset.text_views < 1:
+            raise ValueError(f"text_views must be >= 1, got {preset.text_views}")
+        if preset.text_views > 1 and train_captions is None:
+            raise ValueError("text_views > 1 needs the training set's caption lists")
+        self.preset = preset
+        self.train_captions = train_captions
+        self.tokenizer = tokenizer
+        self.val_set = val_set
+        self.varied = tuple(varied)
+        self.config = dataclasses.replace(
+            preset.model, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
+        )
+
+    def build(self):
+        return {"clip": CLIP(self.config)}
+
+    def collate(self, items: list) -> dict:
+        items = [x for x in items if x is not None]
+        captions, owner = [], []
+        for b, x in enumerate(items):
+            captions.append(x["caption"])
+            owner.append(b)
+            if self.preset.text_views > 1:
+                # The sampled caption, then the ones after it in the image's list (in rotation).
+                caps = self.train_captions[x["index"]]
+                first = caps.index(x["caption"]) if x["caption"] in caps else -1
+                for k in range(1, min(self.preset.text_views, len(caps))):
+                    captions.append(caps[(first + k) % len(caps)])
+                    owner.append(b)
+        ids, mask = self.tokenizer.encode(captions)
+        L = int(mask.sum(dim=1).max())  # trailing padding changes nothing (masked): drop it
+        return {
+            "image": torch.stack([x["image"] for x in items]),
+            "ids": ids[:, :L],
+            "mask": mask[:, :L],
+            "caption_key": torch.tensor([caption_key(c) for c in captions], dtype=torch.long),
+            "owner": torch.tensor(owner, dtype=torch.long),  # text j describes image owner[j]
+            "attributes": torch.stack([x["attributes"] for x in items]),
+            "captions": captions,
+        }
+
+    def training_step(self, batch, ctx: Context) -> StepOutput:
+        ids, mask, keys, owner = batch["ids"], batch["mask"], batch["caption_key"], batch["owner"]
+        attrs = batch["attributes"]
+        text_attrs = attrs[owner]  # (N, 40) what each text describes
+        if self.preset.hard_negatives:
+            negs, neg_attrs = self._hard_negatives(batch, ctx)
+            n_ids, n_mask = self.tokenizer.encode(negs)
+            L = max(ids.shape[1], int(n_mask.sum(dim=1).max()))
+            ids = torch.cat([F.pad(ids, (0, L - ids.shape[1]), value=self.tokenizer.pad_id),
+                             n_ids[:, :L].to(ids.device)])
+            mask = torch.cat([F.pad(mask, (0, L - mask.shape[1])), n_mask[:, :L].to(mask.device)])
+            keys = torch.cat([keys, torch.tensor([caption_key(c) for c in negs], device=keys.device)])
+            owner = torch.cat([owner, torch.full((len(negs),), -1, device=owner.device)])
+            text_attrs = torch.cat([text_attrs, neg_attrs.to(attrs.device)])
+        img, txt, scale = ctx.models["clip"](batch["image"], ids, mask)
+        img, txt, scale = img.float(), txt.float(), scale.float()  # the loss in fp32
+        if ctx.world_size > 1:
+            img, txt, keys, owner, attrs, text_attrs = _gather(img, txt, keys, owner, attrs, text_attrs)
+        own = owner[None, :] == torch.arange(img.shape[0], device=owner.device)[:, None]
+        if self.preset.loss == "multipos":
+            pos = positive_mask(keys, attrs, owner, text_attributes=text_attrs)
+        else:  # InfoNCE: only an image's own captions are positives (the diagonal when k = 1)
+            pos = own
+        loss = contrastive_loss(img, txt, scale, pos)
+        with torch.no_grad():
+            logits = img @ txt.t()  # (B_img, B_txt)
+            # In-batch retrieval: the top text of each image is one of its positives.
+            hit = pos.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
+            logs = {"logit_scale": scale.detach(), "batch_i2t_acc": hit,
+                    "positives_per_row": pos.float().sum(1).mean()}
+            if self.preset.hard_negatives:
+                # How often an image prefers its own caption to its hard negatives.
+                first = own.float().argmax(dim=1)  # (B,) index of each image's first caption
+                own_score = logits.gather(1, first[:, None])  # (B, 1)
+                negative = owner < 0
+                n_owner = torch.arange(negative.sum(), device=owner.device) % img.shape[0]
+                neg_score = logits[:, negative][n_owner, torch.arange(len(n_owner))]
+                logs["hard_negative_acc"] = (own_score[n_owner, 0] > neg_score).float().mean()
+        return StepOutput(loss, logs)
+
+    def _hard_negatives(self, batch, ctx: Context) -> tuple[list[str], torch.Tensor]:
+        """`hard_negatives` false captions per image, built from its first caption; the k-th
+        round holds one per image, in image order. Randomness from ctx (exact on resume)."""
+        attrs = batch["attributes"].cpu()
+        B = attrs.shape[0]
+        first = [batch["captions"][batch["owner"].tolist().index(b)] for b in range(B)]
+        texts, flipped = [], []
+        for _ in range(self.preset.hard_negatives):
+            seeds = ctx.randint(0, 2**31 - 1, B).tolist()
+            for b in range(B):
+                text, v = hard_negative_caption(attrs[b].numpy(), first[b], self.varied,
+                                                random.Random(seeds[b]))
+                texts.append(text)
+                flipped.append(torch.from_numpy(v))
+        return texts, torch.stack(flipped)
+
+    def finish(self, ctx: Context) -> dict:
+        model = ctx.ema("clip").eval()
+        t0 = time.perf_counter()
+        metrics: dict = {}
+        if self.val_set is not None and len(self.val_set):
+            metrics = evaluate(model, self.tokenizer, self.val_set, self.varied,
+                               self.preset.eval_images, self.preset.zeroshot_images, ctx.device)
+        metrics.update(loss=self.preset.loss, params=sum(p.numel() for p in model.parameters()),
+                       params_text=sum(p.numel() for p in model.text.parameters()),
+                       params_image=sum(p.numel() for p in model.image.parameters()),
+                       logit_scale=round(float(model.scale().detach()), 3),
+                       eval_seconds=round(time.perf_counter() - t0, 1))
+        out = ctx.out_dir / "clip"
+        save_component(out, model, model.config, "clip", extra={"training": _preset_dict(self.preset)})
+        atomic_write_json(out / "metrics.json", metrics)
+        return metrics
+
+
+def _gather(img, txt, keys, owner, attrs, text_attrs):
+    """All-gather the batch from every process. Features keep their gradients: each rank then
+    computes the loss of the global batch, and the gather's backward sums the gradient into
+    each rank's own features (as open_clip's gather_with_grad)."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_nn
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = torch.tensor([img.shape[0], txt.shape[0]], device=img.device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes)
+    if any(not torch.equal(s, sizes) for s in all_sizes):
+        raise RuntimeError(f"contrastive gather needs equal batches on every rank, got "
+                           f"{[s.tolist() for s in all_sizes]} (images, texts)")
+    # Owners index into the global image batch (-1, no owner, stays -1).
+    owner = torch.where(owner >= 0, owner + rank * img.shape[0], owner)
+    img = torch.cat(dist_nn.all_gather(img))
+    txt = torch.cat(dist_nn.all_gather(txt))
+    out = []
+    for t in (keys, owner, attrs, text_attrs):
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        out.append(torch.cat(parts))
+    return (img, txt, *out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _spread(n: int, k: int) -> list[int]:
+    k = min(k, n)
+    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k else []
+
+
+@torch.no_grad()
+def _text_features(model: CLIP, tokenizer: CaptionTokenizer, prompts: list[str], device,
+                   batch_size: int = 512) -> torch.Tensor:
+    feats = []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = tokenizer.encode(prompts[i : i + batch_size])
+        L = int(mask.sum(dim=1).max())
+        feats.append(model.encode_text(ids[:, :L].to(device), mask[:, :L].to(device))[1].float())
+    return F.normalize(torch.cat(feats), dim=-1)
+
+
+@torch.no_grad()
+def _image_features(model: CLIP, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    feats = [model.encode_image(images[i : i + batch_size].to(device)).float()
+             for i in range(0, len(images), batch_size)]
+    return F.normalize(torch.cat(feats), dim=-1)
+
+
+def _recall(sim: torch.Tensor, hit: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """sim (Q, G) scores; hit (Q, G) bool: which gallery items count as correct for a query.
+    R@k = fraction of queries with a correct item among their k best-scored."""
+    out = {}
+    for k in ks:
+        top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (Q, k)
+        out[f"r{k}"] = round(float(hit.gather(1, top).any(dim=1).float().mean()), 4)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: CLIP, tokenizer: CaptionTokenizer, dataset, varied: tuple[str, ...],
+             eval_images: int = 1000, zeroshot_images: int = 500, device="cpu") -> dict:
+    """Retrieval and zero-shot attribute metrics on `dataset` (see the module docstring)."""
+    from t2i.data.captions import caption_mentions, complete_caption
+
+    model.eval()
+    idx = _spread(len(dataset), max(eval_images, zeroshot_images))
+    items = [dataset[i] for i in idx]
+    items = [it for it in items if it is not None]
+    if not items:
+        return {"val_images": 0}
+    images = torch.stack([it["image"] for it in items])  # (N, 3, S, S)
+    attrs = torch.stack([it["attributes"] for it in items]) > 0  # (N, 40) bool
+    captions = [it["caption"] for it in items]
+    img_feat = _image_features(model, images, device)
+    cols = [ATTRIBUTE_INDEX[a] for a in varied]
+    key = attrs[:, cols] if cols else attrs  # the attribute vector that captions can express
+    metrics: dict = {"val_images": len(items), "attributes": list(varied)}
+
+    # -- retrieval (first eval_images images)
+    n = min(eval_images, len(items))
+    same = (key[:n, None, :] == key[None, :n, :]).all(-1)  # (n, n) same attribute vector
+    for kind in ("complete", "dataset"):
+        if kind == "complete":
+            caps = [complete_caption(a.numpy().astype(np.float32), attributes=varied) for a in attrs[:n]]
+        else:
+            caps = captions[:n]
+        unique = sorted(set(caps))
+        col = {c: j for j, c in enumerate(unique)}
+        owner = torch.zeros(len(unique), n, dtype=torch.bool)  # caption j was drawn for image i
+        for i, c in enumerate(caps):
+            owner[col[c], i] = True
+        txt_feat = _text_features(model, tokenizer, unique, device)
+        sim = txt_feat @ img_feat[:n].t()  # (U, n)
+        # A hit: an image whose attribute vector equals that of an image the caption belongs to.
+        t2i_hit = (owner.float() @ same.float()) > 0  # (U, n)
+        res = {"unique_captions": len(unique)}
+        res.update({f"t2i_{k}": v for k, v in _recall(sim, t2i_hit).items()})
+        res.update({f"i2t_{k}": v for k, v in _recall(sim.t(), t2i_hit.t()).items()})
+        if kind == "dataset":
+            # Consistent: the image has every attribute value the caption asserts.
+            consistent = torch.ones(len(unique), n, dtype=torch.bool)
+            for j, c in enumerate(unique):
+                for a, v in caption_mentions(c).items():
+                    consistent[j] &= attrs[:n, ATTRIBUTE_INDEX[a]] == v
+            res.update({f"t2i_consistent_{k}": v for k, v in _recall(sim, consistent).items()})
+            res.update({f"i2t_consistent_{k}": v for k, v in _recall(sim.t(), consistent.t()).items()})
+        metrics[f"retrieval_{kind}"] = res
+
+    # -- zero-shot attribute accuracy (first zeroshot_images images)
+    m = min(zeroshot_images, len(items))
+    per_attr = {}
+    for a in varied:
+        j = ATTRIBUTE_INDEX[a]
+        truth = attrs[:m, j]
+        if truth.all() or not truth.any():
+            continue  # does not vary among these images
+        prompts = []
+        for v in attrs[:m]:
+            prompts += list(attribute_prompt_pair(v.numpy().astype(np.float32), a, varied))
+        feats = _text_features(model, tokenizer, prompts, device).view(m, 2, -1)  # (m, [with, without], E)
+        scores = (feats * img_feat[:m, None, :]).sum(-1)  # (m, 2)
+        pred = scores[:, 0] > scores[:, 1]
+        correct = pred == truth
+        per_attr[a] = {
+            "accuracy": round(float(correct.float().mean()), 4),
+            "balanced_accuracy": round(0.5 * (float(correct[truth].float().mean())
+                                              + float(correct[~truth].float().mean())), 4),
+            "positives": int(truth.sum()), "images": m,
+        }
+    metrics["zeroshot"] = per_attr
+    if per_attr:
+        metrics["zeroshot_mean_accuracy"] = round(float(np.mean([r["accuracy"] for r in per_attr.values()])), 4)
+        metrics["zeroshot_mean_balanced_accuracy"] = round(
+            float(np.mean([r["balanced_accuracy"] for r in per_attr.values()])), 4)
+        metrics["zeroshot_min_accuracy"] = min(r["accuracy"] for r in per_attr.values())
+    return metrics
+
+
+# Attributes that exclude each other (one hair colour, or none when bald).
+EXCLUSIVE_GROUPS = (("Bald", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"),)
+
+
+def _exclusive_with(attribute: str) -> tuple[str, ...]:
+    for group in EXCLUSIVE_GROUPS:
+        if attribute in group:
+            return tuple(a for a in group if a != attribute)
+    return ()
+
+
+def attribute_prompt_pair(attrs: np.ndarray, attribute: str, varied: tuple[str, ...]) -> tuple[str, str]:
+    """(prompt with `attribute` set, prompt with it unset) for one image: the image's complete
+    canonical caption with only that attribute changed. The unset side denies the attribute
+    explicitly ("without eyeglasses", "clean-shaven") when the caption vocabulary can. For a
+    hair colour or Bald, the other members of that exclusive group are left out of both
+    prompts (else the "set" prompt of a grey-haired face would read "black gray hair")."""
+    from t2i.data.captions import TWO_SIDED, VOCAB, complete_caption
+
+    j = ATTRIBUTE_INDEX[attribute]
+    on, off = attrs.copy(), attrs.copy()
+    on[j], off[j] = 1.0, 0.0
+    for other in _exclusive_with(attribute):  # no "black gray hair": one hair colour at a time
+        on[ATTRIBUTE_INDEX[other]] = off[ATTRIBUTE_INDEX[other]] = 0.0
+    phr = VOCAB[attribute]
+    deny = attribute not in TWO_SIDED and bool(phr.neg)
+    # Which side has the non-salient value (normally "off"; for No_Beard, +1 = no beard).
+    neg_side = "off" if phr.salient else "on"
+    p_on = complete_caption(on, attributes=varied, negate=(attribute,) if deny and neg_side == "on" else ())
+    p_off = complete_caption(off, attributes=varied, negate=(attribute,) if deny and neg_side == "off" else ())
+    return p_on, p_off
+
+
+def hard_negative_caption(attrs: np.ndarray, caption: str, varied: tuple[str, ...],
+                          rng: random.Random) -> tuple[str, np.ndarray]:
+    """A false caption for an image: `caption`'s claims with one attribute of `varied` flipped
+    and stated explicitly (added when `caption` did not mention it). Returns (caption, the
+    attribute vector it describes, (40,) float32 {0,1}). The flipped value must be sayable:
+    a present attribute ("with glasses"), a two-sided one ("a woman"), or an absent one whose
+    vocabulary has a denial ("without glasses") -- omitting a phrase would claim nothing."""
+    from t2i.data.captions import TWO_SIDED, VOCAB, caption_mentions, complete_caption
+
+    on = np.asarray(attrs, dtype=np.float32).reshape(-1) > 0
+    candidates = [a for a in varied
+                  if a in TWO_SIDED or (not on[ATTRIBUTE_INDEX[a]]) == VOCAB[a].salient or VOCAB[a].neg]
+    if not candidates:
+        raise ValueError(f"no attribute of {varied} can be flipped into a false claim")
+    a = rng.choice(candidates)
+    v = on.astype(np.float32)
+    v[ATTRIBUTE_INDEX[a]] = 1.0 - v[ATTRIBUTE_INDEX[a]]
+    said = caption_mentions(caption)
+    if v[ATTRIBUTE_INDEX[a]]:  # a new hair colour (or baldness) replaces the old one
+        for other in _exclusive_with(a):
+            v[ATTRIBUTE_INDEX[other]] = 0.0
+            said.pop(other, None)
+    mention = set(said) | {a}
+    # Non-salient values are only said as explicit denials: keep the caption's, add the flip's.
+    negate = [b for b in mention if b not in TWO_SIDED and VOCAB[b].neg
+              and bool(v[ATTRIBUTE_INDEX[b]]) != VOCAB[b].salient and (b in said or b == a)]
+    text = complete_caption(v, rng=rng, negate=sorted(negate), attributes=sorted(mention))
+    return text, v
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def ensure_tokenizer(out: Path, train_set, preset: ClipPreset) -> CaptionTokenizer:
+    """Load OUT/tokenizer.json, or train it on the training captions and save it there."""
+    path = out / "tokenizer.json"
+    if path.is_file():
+        tok = CaptionTokenizer.from_file(path)
+        print(f"[clip] tokenizer: {path} ({tok.vocab_size} tokens, context {tok.context_length})")
+        return tok
+    idx = _spread(len(train_set), preset.tokenizer_images)
+    corpus = [c for i in idx for c in train_set.captions[i]]
+    if not corpus:
+        raise ValueError("no training captions to train the tokenizer on")
+    tok = CaptionTokenizer.train(corpus, vocab_size=preset.vocab_size, context_length=preset.context_length)
+    longest = max(tok.num_tokens(c) for c in corpus)
+    if longest > tok.context_length:
+        warnings.warn(f"the longest training caption has {longest} tokens, more than the context "
+                      f"length {tok.context_length}; such captions are truncated", stacklevel=2)
+    tok.save(path)
+    print(f"[clip] trained tokenizer on {len(corpus)} captions: {tok.vocab_size} tokens, longest "
+          f"caption {longest} tokens (context {tok.context_length}) -> {path}")
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _preset_dict(p: ClipPreset) -> dict:
+    d = dataclasses.asdict(p)
+    d.pop("model")  # already the component's config
+    return d
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset directory (CelebA layout or SynthFaces)")
+    parser.add_argument("--out", required=True, help="model directory: OUT/tokenizer.json and OUT/clip/")
+    parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
+    parser.add_argument("--loss", choices=LOSSES, help="multipos (default) or plain CLIP infonce")
+    parser.add_argument("--text-views", type=int, help="captions per image per step (default: preset)")
+    parser.add_argument("--hard-negatives", type=int, help="hard-negative captions per image (default: preset)")
+    parser.add_argument("--steps", type=int, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--image-size", type=int, help="dataset image size (pixels)")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
+    parser.add_argument("--ckpt-every", type=int)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--eval-images", type=int, help="validation images for retrieval")
+    parser.add_argument("--zeroshot-images", type=int, help="validation images for zero-shot accuracy")
+    parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
+
+
+def preset_from_args(args: argparse.Namespace) -> ClipPreset:
+    p = PRESETS[args.preset]
+    loop = replace(p.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   mixed_precision=args.mixed_precision, ckpt_every=args.ckpt_every,
+                   log_every=args.log_every, num_workers=args.num_workers)
+    if args.steps is not None:
+        loop = replace(loop, warmup_steps=min(loop.warmup_steps, max(1, args.steps // 10)))
+    return replace(p, loop=loop, loss=args.loss, text_views=args.text_views,
+                   hard_negatives=args.hard_negatives, image_size=args.image_size,
+                   eval_images=args.eval_images, zeroshot_images=args.zeroshot_images)
+
+
+def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: bool = True) -> dict:
+    """Train the tokenizer (if missing) and CLIP on `data` into `out`; returns the metrics."""
+    from t2i.data.captions import varied_attributes
+    from t2i.data.celeba import FaceDataset
+
+    data, out = Path(data), Path(out)
+    if preset.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
+    train_set = FaceDataset(data, split="train", image_size=preset.image_size, flip=preset.flip,
+                            preload=preload)
+    if len(train_set) == 0:
+        raise ValueError(f"{data}: the train split is empty")
+    try:
+        val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload)
+    except ValueError as e:
+        print(f"[clip] no validation split ({e}); metrics use training images")
+        val_set = None
+    if val_set is None or len(val_set) == 0:
+        val_set = FaceDataset(data, split="train", image_size=preset.image_size, preload=preload)
+    tokenizer = ensure_tokenizer(out, train_set, preset)
+    varied = varied_attributes(np.where(train_set.attributes > 0, 1, -1)) if train_set.has_attributes else ()
+    stage = ClipStage(preset, tokenizer, val_set, varied, train_captions=train_set.captions)
+    metrics = train(stage, train_set, preset.loop, out)
+    if metrics:
+        keys = ("zeroshot_mean_accuracy", "zeroshot_mean_balanced_accuracy", "train_seconds")
+        print(f"[clip] {json.dumps({k: metrics[k] for k in keys if k in metrics})} -> {out / 'clip'}")
+        atomic_write_json(out / "clip" / "metrics.json", metrics)  # with the loop's timing fields
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    preset = preset_from_args(args)
+    train_clip(args.data, args.out, preset, preload=not args.no_preload)
+    return 0
+
+
+__all__ = ["PRESETS", "ClipPreset", "ClipStage", "evaluate", "attribute_prompt_pair", "train_clip",
+           "ensure_tokenizer", "caption_key"]
