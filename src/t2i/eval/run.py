@@ -37,8 +37,7 @@ from t2i.eval.faithfulness import (
 from t2i.eval.fd import FDMeter
 from t2i.eval.prompts import PromptSuite, build_suite, caption_rows, column_shuffled, shuffled_rows
 from t2i.eval.report import headline_table, prompt_grid, sweep_table, write_report
-
-DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SAMPLER = 20, 3.0, "dpm++2m"  # the pipeline's defaults
+from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
 @dataclass
@@ -73,6 +72,16 @@ class EvalConfig:
             raise ValueError(f"--n-heldout must be >= 0, got {self.n_heldout}")
         if self.guidance < 0:
             raise ValueError(f"--guidance must be >= 0, got {self.guidance}")
+
+
+# Sizes per preset (the same names as the training presets, so `t2i train all --preset P`
+# evaluates at a matching size); explicit flags override them.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_prompts=2, n_per_prompt=2, n_heldout=1, steps=2, max_real=64, sweep_prompts=2,
+                 clip_images=16, grid_prompts=2, quick=True),
+    "synth64": {},
+    "celeba128": dict(n_prompts=128, n_heldout=64, batch_size=128, max_real=10000, sweep_prompts=64),
+}
 
 
 # ----------------------------------------------------------------------------- generation
@@ -340,34 +349,45 @@ def run_sweep(pipe, judge, suite: PromptSuite, cfg: EvalConfig, meter: FDMeter, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = EvalConfig()
     parser.add_argument("--model", required=True, help="model directory (vae/, clip/, unet/, tokenizer.json)")
     parser.add_argument("--judge", help="judge (model dir or judge dir); default MODEL/judge")
     parser.add_argument("--data", required=True, help="dataset directory with attributes and a test split")
     parser.add_argument("--out", help="report directory; default MODEL/eval")
-    parser.add_argument("--n-prompts", type=int, default=EvalConfig.n_prompts)
-    parser.add_argument("--n-per-prompt", type=int, default=EvalConfig.n_per_prompt)
-    parser.add_argument("--n-heldout", type=int, default=EvalConfig.n_heldout)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    parser.add_argument("--sampler", default=DEFAULT_SAMPLER)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=EvalConfig.batch_size, help="images per pipeline call")
-    parser.add_argument("--max-real", type=int, default=EvalConfig.max_real, help="real test images to load")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="synth64",
+                        help="sizes of the evaluation (flags below override them)")
+    parser.add_argument("--n-prompts", type=int, help=f"prompts from test-split rows (default {d.n_prompts})")
+    parser.add_argument("--n-per-prompt", type=int, help=f"images per prompt (default {d.n_per_prompt})")
+    parser.add_argument("--n-heldout", type=int, help=f"prompts with unseen combinations (default {d.n_heldout})")
+    parser.add_argument("--steps", type=int, help=f"sampling steps (default {d.steps})")
+    parser.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {d.guidance})")
+    parser.add_argument("--sampler", help=f"sampler (default {d.sampler})")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--batch-size", type=int, help=f"images per pipeline call (default {d.batch_size})")
+    parser.add_argument("--max-real", type=int, help=f"real test images to load (default {d.max_real})")
     parser.add_argument("--sweep", action="store_true", help="also sweep steps, samplers and guidance")
     parser.add_argument("--quick", action="store_true", help="sweep without the 400-step DDPM setting")
-    parser.add_argument("--sweep-prompts", type=int, default=EvalConfig.sweep_prompts)
+    parser.add_argument("--sweep-prompts", type=int, help=f"test prompts per sweep setting (default {d.sweep_prompts})")
     parser.add_argument("--device", help="cuda | mps | cpu (default: the best available)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    flags = {name: getattr(args, name) for name in ("n_prompts", "n_per_prompt", "n_heldout", "steps", "guidance",
+                                                     "sampler", "seed", "batch_size", "max_real", "sweep_prompts")}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.sweep:
+        flags["sweep"] = True
+    if args.quick:
+        flags["quick"] = True
+    return EvalConfig(**{**PRESETS[args.preset], **flags})
 
 
 def run(args: argparse.Namespace) -> int:
     from t2i.checkpoint import resolve_component
     from t2i.pipeline import T2IPipeline, check_settings
 
-    cfg = EvalConfig(n_prompts=args.n_prompts, n_per_prompt=args.n_per_prompt, n_heldout=args.n_heldout,
-                     steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed,
-                     batch_size=args.batch_size, max_real=args.max_real, sweep=args.sweep, quick=args.quick,
-                     sweep_prompts=args.sweep_prompts)
+    cfg = config_from_args(args)
     check_settings(steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
     model = Path(args.model)
     pipe = T2IPipeline.from_pretrained(model, device=args.device)
