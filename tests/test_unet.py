@@ -170,6 +170,9 @@ def test_text_kv_cache_is_exact_and_invalidated():
         m(x, t, ctx, mask)  # cached for this tensor...
         ctx.mul_(2)  # ...which then changes in place: must not be served from the cache
         torch.testing.assert_close(m(x, t, ctx, mask), ref3, atol=0, rtol=0)
+    with torch.inference_mode():  # inference tensors: no version counter, so no caching
+        c = ctx.clone()
+        torch.testing.assert_close(m(x, t, c, mask), ref3, atol=0, rtol=0)
     # with grad enabled (training) the projection is recomputed and differentiable
     out = m(x, t, ctx, mask)
     out.square().sum().backward()

@@ -120,18 +120,19 @@ class TextKVCache(nn.Linear):
     The text states are the same tensor at every denoising step, so in inference (no grad)
     the projection is computed once per prompt batch and reused while the caller passes the
     same, unmodified tensor (checked by identity and its in-place version counter) under the
-    same autocast setting. Training, anything with grad enabled and torch.compile'd code
-    compute it every call. Same parameters and state-dict keys as the nn.Linear it replaces.
+    same autocast setting. Training, anything with grad enabled, torch.compile'd code and
+    inference-mode tensors (which have no version counter) compute it every call. Same parameters and state-dict keys as the nn.Linear it replaces.
     A CUDA graph captured after a warm-up call bakes in the cached K/V of that prompt: capture
     per prompt batch, or call `UNet.set_text_kv_cache(False)` first."""
 
     enabled: bool = True
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        w = self.weight
+        if (not self.enabled or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or context.is_inference() or w.is_inference()):  # no version counter to check
             return super().forward(context)
         dev = context.device.type
-        w = self.weight
         key = (context._version, w.data_ptr(), w.dtype, w._version,
                torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         memo = self.__dict__.get("_memo")
