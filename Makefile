@@ -10,6 +10,8 @@ N      ?= 20000
 PRESET ?= synth64
 
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# Idle OpenMP threads sleep instead of spinning: test subprocesses share 2 cores with pytest.
+test test-slow: export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: demo test test-slow bench lint install browser clean
 

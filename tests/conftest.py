@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Tests start subprocesses (torchrun ranks, the web server) beside pytest on 2 cores: OpenMP
+# threads that spin while waiting would starve each other (measured: 10-60x slower steps).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from t2i.checkpoint import load_component, resolve_component
 from t2i.diffusion.guidance import cfg_model
-from t2i.diffusion.samplers import SAMPLERS, img2img_start, karras_timesteps, make_denoiser, timesteps
+from t2i.diffusion.samplers import SAMPLERS, img2img_start, make_denoiser, timesteps
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNet, UNetConfig
 from t2i.models.vae import VAE, VAEConfig
@@ -101,6 +101,9 @@ class T2IPipeline:
         self.precision = precision
         for module in (self.vae, self.text_encoder, self.unet):
             module.to(self.device)
+        if self.device.type == "cpu":
+            # channels_last weights make each CPU sampling step ~1.4x faster (bench/unet.py).
+            self.unet.to(memory_format=torch.channels_last)
         return self
 
     def compile(self, mode: str | None = None) -> T2IPipeline:
@@ -153,10 +156,9 @@ class T2IPipeline:
             pooled if use_pooled else None, u_pooled if use_pooled else None,
         )
         denoise = make_denoiser(model_fn, self.schedule, self.prediction)
-        kwargs = {"karras": True} if sampler == "dpm++2m-karras" else {}
         with self.autocast():
             return SAMPLERS[sampler](denoise, latents, ts, self.schedule, callback=callback,
-                                     generator=generator, **kwargs)
+                                     generator=generator)
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
@@ -203,8 +205,7 @@ class T2IPipeline:
         uncond = _repeat(self.encode_prompt(negatives), num_images)
 
         # 2. Initial latents: noise at the first timestep, or a noised init image (SDEdit).
-        ts = (karras_timesteps(self.schedule, steps) if sampler == "dpm++2m-karras"
-              else timesteps(self.schedule, steps))
+        ts = timesteps(self.schedule, steps)  # "dpm++2m-karras" re-spaces them itself
         latents = self.initial_noise(n, seed)
         generator = torch.Generator(self.device).manual_seed(seed + 1)
         if init_image is not None:

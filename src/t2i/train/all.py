@@ -57,6 +57,7 @@ def data_fingerprint(data: Path) -> str:
 
 
 def check_data(data: Path) -> dict:
+    from t2i.attributes import CELEBA_ATTRIBUTES
     from t2i.data.celeba import FaceDataset
 
     summary = {}
@@ -64,8 +65,12 @@ def check_data(data: Path) -> dict:
         ds = FaceDataset(data, split=split)
         summary[split] = len(ds)
         summary["layout"] = ds.layout
-    if summary["train"] == 0:
-        raise ValueError(f"{data}: the train split is empty")
+        if split == "train":
+            if len(ds) == 0:
+                raise ValueError(f"{data}: the train split is empty")
+            frequency = ds.attributes.mean(0)
+            # Attributes that take both values: the ones the model can learn (and the app offers).
+            summary["attributes"] = [a for a, f in zip(CELEBA_ATTRIBUTES, frequency.tolist()) if 0 < f < 1]
     return summary
 
 
@@ -82,7 +87,9 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
     t0 = time.perf_counter()
     print(f"[all] checking data in {data}")
     summary = check_data(data_path)
-    print(f"[all] data: {summary}")
+    print(f"[all] data: {summary['layout']} layout, {summary['train']}/{summary['val']}/{summary['test']} "
+          f"train/val/test images, {len(summary['attributes'])} attributes vary")
+    index["attributes"] = summary["attributes"]
     base = f"{preset}:{seed}:{data_fingerprint(data_path)}"
     fingerprints: dict[str, str] = {}
     report = {"data": summary, "stages": {}}
@@ -110,7 +117,10 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
         code = main(spec.argv)
         seconds = time.perf_counter() - start
         if code != 0:
-            raise RuntimeError(f"stage {spec.name} failed with exit code {code}; rerun to resume")
+            from t2i.cli import CLIError
+
+            raise CLIError(f"stage {spec.name} stopped with exit code {code}; run the same command again "
+                           "to resume it")
         record.update(seconds=round(record.get("seconds", 0.0) + seconds, 1), finished=time.time())
         record["metrics"] = _stage_metrics(out_path, spec.name)
         atomic_write_json(index_path, index)
@@ -125,7 +135,24 @@ def _stage_metrics(out: Path, name: str) -> dict:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return data.get("headline", data) if name == "eval" else data
+    return eval_headline(data) if name == "eval" else data
+
+
+def eval_headline(report: dict) -> dict:
+    """The few numbers worth a line: faithfulness (with the real-image ceiling), FD, CLIP score."""
+    f = report["faithfulness"]
+    return {
+        "sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
+        "guidance": report["settings"]["guidance"],
+        "faithfulness_balanced": f["test"]["macro_balanced"], "all_correct": f["test"]["all_correct_rate"],
+        "heldout_balanced": f["heldout"]["macro_balanced"], "heldout_all_correct": f["heldout"]["all_correct_rate"],
+        "real_ceiling_balanced": f["ceiling_real"]["macro_balanced"],
+        "real_ceiling_all_correct": f["ceiling_real"]["all_correct_rate"],
+        "shuffled_floor_balanced": f["floor_shuffled"]["macro_balanced"],
+        "fd_judge": report["fd"]["generated"], "fd_vae_floor": report["fd"]["vae_reconstruction"],
+        "clip_score": report["clip_score"]["generated"],
+        "seconds_per_image": report["timing"]["seconds_per_image"],
+    }
 
 
 def _print_summary(out: Path, index: dict, report: dict) -> None:
