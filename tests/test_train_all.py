@@ -24,7 +24,7 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
     # Second run: everything is up to date.
     capsys.readouterr()
     assert main([*argv, "--out", str(straight)]) == 0
-    assert capsys.readouterr().out.count("up to date") == 6
+    assert capsys.readouterr().out.count(": up to date\n") == 6
 
     # Kill mid-UNet (SIGTERM inside step 10 of 20), then rerun the same command.
     original = unet_stage.UNetStage.training_step
