@@ -127,3 +127,56 @@ def test_encode_rejects_image_size_not_divisible(tmp_path):
     with pytest.raises(ValueError, match="not divisible .* f=8"):
         encode_dataset(vae, ArrayFaces(n=2, size=12), tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# `t2i encode` on the session's SynthFaces set
+
+
+def test_encode_cli_round_trip(synth_dir, tmp_path, capsys):
+    from t2i.checkpoint import save_component
+    from t2i.cli import main
+    from t2i.data.celeba import FaceDataset
+
+    model = tmp_path / "model"
+    vae = tiny_vae()
+    save_component(model / "vae", vae, vae.config, "vae", extra={"training": {"image_size": 32}})
+    out = model / "latents"
+    # --vae omitted: found in the model dir that holds --out.
+    rc = main(["encode", "--data", str(synth_dir), "--out", str(out), "--flip", "--no-preload"])
+    assert rc == 0
+    assert "img/s" in capsys.readouterr().out
+    cache = LatentCache.open(out, expect_vae_hash=vae.fingerprint())
+    ds = FaceDataset(synth_dir, split="train", image_size=32)
+    assert len(cache) == len(ds) and cache.num_variants == 2 and cache.latent_shape == (4, 8, 8)
+    assert cache.ids == ds.image_ids and cache.meta["split"] == "train"
+    assert np.array_equal(cache.attributes, ds.attributes.astype(np.uint8))
+    assert cache.captions == [list(c) for c in ds.captions]
+    x = torch.stack([ds[i]["image"] for i in (0, 5)])
+    with torch.no_grad():
+        direct = vae.encode(x.flip(-1))
+    mean, std = cache.get([0, 5], [1, 1])
+    assert torch.allclose(mean, direct.mean, atol=2e-3, rtol=2e-3)
+    assert torch.allclose(std, direct.std, atol=2e-3, rtol=2e-3)
+
+
+def test_encode_cli_errors(synth_dir, tmp_path, capsys):
+    from t2i.cli import main
+
+    # No VAE anywhere near --out.
+    rc = main(["encode", "--data", str(synth_dir), "--out", str(tmp_path / "lat")])
+    assert rc == 2 and "pass --vae" in capsys.readouterr().err
+    # A --vae dir with a broken config names the problem.
+    bad = tmp_path / "bad" / "vae"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text('{"type": "vae", "config": {"channels": [8, 16], "latent_chans": 4}}')
+    rc = main(["encode", "--vae", str(bad), "--data", str(synth_dir), "--out", str(tmp_path / "lat")])
+    assert rc == 2 and "latent_chans" in capsys.readouterr().err
+    # A VAE whose factor does not divide the image size.
+    from t2i.checkpoint import save_component
+
+    vae = tiny_vae(channels=(8, 8, 16, 16))  # f = 8
+    save_component(tmp_path / "f8" / "vae", vae, vae.config, "vae")
+    rc = main(["encode", "--vae", str(tmp_path / "f8"), "--data", str(synth_dir), "--out",
+               str(tmp_path / "lat"), "--image-size", "36", "--no-preload"])
+    assert rc == 2 and "not divisible" in capsys.readouterr().err

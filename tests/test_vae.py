@@ -31,8 +31,9 @@ def tiny_vae(**overrides) -> VAE:
     "channels, f", [((8, 16, 16), 4), ((8, 8, 16, 16), 8)], ids=["f4", "f8"]
 )
 @pytest.mark.parametrize("attention", [False, True], ids=["noattn", "attn"])
-def test_encode_decode_shapes(channels, f, attention):
-    vae = tiny_vae(channels=channels, attention=attention)
+@pytest.mark.parametrize("norm", ["channel", "group"])
+def test_encode_decode_shapes(channels, f, attention, norm):
+    vae = tiny_vae(channels=channels, attention=attention, norm=norm)
     assert vae.downsample_factor == f
     x = torch.rand(2, 3, 32, 48) * 2 - 1
     posterior = vae.encode(x)
@@ -43,6 +44,39 @@ def test_encode_decode_shapes(channels, f, attention):
     assert torch.equal(posterior.mode(), posterior.mean)
     assert vae.decode(z).shape == x.shape
     assert vae.latent_shape(64) == (4, 64 // f, 64 // f)
+
+
+def test_channel_norm_matches_layer_norm_over_channels():
+    from t2i.models.vae import ChannelNorm
+
+    norm = ChannelNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 6, 5, 7)
+    expect = torch.nn.functional.layer_norm(
+        x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, eps=1e-6
+    ).permute(0, 3, 1, 2)
+    assert torch.allclose(norm(x), expect, atol=1e-5)
+    vae = tiny_vae(norm="channel")
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in vae.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in tiny_vae(norm="group").modules())
+
+
+@pytest.mark.parametrize("norm, crop_invariant", [("channel", True), ("group", False)])
+def test_crop_encodes_like_the_whole_image(norm, crop_invariant):
+    """Why crops train a whole-image VAE only with norm="channel": away from the crop border
+    (beyond the receptive field) its latents equal the whole image's; GroupNorm's per-image
+    statistics change every latent."""
+    vae = tiny_vae(norm=norm)
+    with torch.no_grad():  # make the zero-initialised residual branches non-trivial
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # seeded by tiny_vae
+        x = torch.randn(1, 3, 128, 128)
+        full = vae.encode(x).mean  # (1, 4, 32, 32)
+        crop = vae.encode(x[:, :, 16:112, 16:112]).mean  # offset 16 px = 4 latents
+    centre = (full[:, :, 4:28, 4:28] - crop)[:, :, 10:15, 10:15].abs().max().item()
+    assert (centre < 1e-5) == crop_invariant, centre
 
 
 def test_sample_uses_generator():

@@ -36,6 +36,11 @@ class VAEConfig:
     latent_channels: int = 4
     attention: bool = False  # self-attention in the mid blocks (lowest resolution)
     attention_heads: int = 1
+    # "group": GroupNorm (LDM). "channel": normalise each pixel over its channels only
+    # (ConvNeXt's LayerNorm2d), so no statistic spans the image and a model trained on crops
+    # behaves identically on whole images (GroupNorm's per-image statistics differ between a
+    # 32px crop and a 64px image; measured: 28.9 dB on crops vs 24.4 dB on whole images).
+    norm: str = "channel"
     # Latent normalisation, filled after training: a float (global) or one value per channel.
     scale: float | tuple[float, ...] = 1.0
     shift: float | tuple[float, ...] = 0.0
@@ -46,6 +51,8 @@ class VAEConfig:
     def __post_init__(self):
         if not self.channels or any(c <= 0 for c in self.channels):
             raise ValueError(f"VAEConfig.channels must be positive widths, got {self.channels!r}")
+        if self.norm not in ("group", "channel"):
+            raise ValueError(f"VAEConfig.norm must be 'group' or 'channel', got {self.norm!r}")
         if self.num_res_blocks < 1:
             raise ValueError(f"VAEConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
         for name in ("scale", "shift"):
@@ -166,12 +173,41 @@ def _mid_block(channels: int, config: VAEConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (ConvNeXt's LayerNorm2d, Liu et al. 2022):
+    (B, C, H, W) -> same, statistics per (b, h, w). Parameter names match nn.GroupNorm's."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()  # statistics in fp32 under autocast
+        mean = h.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+        var = h.var(dim=1, keepdim=True, unbiased=False)
+        h = (h - mean) * torch.rsqrt(var + self.eps)
+        return (h * self.weight[:, None, None] + self.bias[:, None, None]).to(x.dtype)
+
+
+def _use_channel_norm(module: nn.Module) -> None:
+    """Swap every GroupNorm of the shared blocks (layers.py builds them) for ChannelNorm."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, ChannelNorm(child.num_channels, child.eps))
+        else:
+            _use_channel_norm(child)
+
+
 class VAE(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        if config.norm == "channel":
+            _use_channel_norm(self)
 
     @property
     def downsample_factor(self) -> int:
