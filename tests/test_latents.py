@@ -82,7 +82,8 @@ def test_incomplete_cache_is_refused(tmp_path):
 
 def test_cache_matches_direct_encoding_and_checks_vae(tmp_path):
     vae, data = tiny_vae(), ArrayFaces()
-    cache, summary = encode_dataset(vae, data, tmp_path / "cache", flip=True, batch_size=4, progress=False)
+    cache, summary = encode_dataset(vae, data, tmp_path / "cache", flip=True, batch_size=4,
+                                    progress=False, precision="fp32")
     assert summary["encoded"] == 20 and summary["images_per_second"] > 0
     assert cache.vae_hash == vae.fingerprint()
     assert cache.meta["scale"] == [2.0, 1.0, 0.5, 1.5] and cache.meta["shift"] == [0.1, 0.0, -0.1, 0.2]
@@ -106,7 +107,12 @@ def test_cache_matches_direct_encoding_and_checks_vae(tmp_path):
     with pytest.raises(ValueError, match="encoded by a different VAE"):
         LatentCache.open(tmp_path / "cache", expect_vae_hash=other.fingerprint())
     # Without --flip there is one variant and asking for the mirrored one is a clear error.
+    # The default bf16 encoder is close to fp32 (well inside the posterior's spread).
     cache1, _ = encode_dataset(vae, data, tmp_path / "cache", flip=False, progress=False)
+    assert cache1.meta["precision"] == "bf16"
+    m_bf16, _ = cache1.get(idx)
+    assert (m_bf16 - direct.mean).pow(2).mean().sqrt() < 0.02 * direct.mean.pow(2).mean().sqrt()
+    assert (m_bf16 - direct.mean).abs().max() < 0.1 * direct.std.min()
     with pytest.raises(ValueError, match="encode with --flip"):
         cache1.get([0], [1])
 
@@ -143,7 +149,8 @@ def test_encode_cli_round_trip(synth_dir, tmp_path, capsys):
     save_component(model / "vae", vae, vae.config, "vae", extra={"training": {"image_size": 32}})
     out = model / "latents"
     # --vae omitted: found in the model dir that holds --out.
-    rc = main(["encode", "--data", str(synth_dir), "--out", str(out), "--flip", "--no-preload"])
+    rc = main(["encode", "--data", str(synth_dir), "--out", str(out), "--flip", "--no-preload",
+               "--precision", "fp32"])
     assert rc == 0
     assert "img/s" in capsys.readouterr().out
     cache = LatentCache.open(out, expect_vae_hash=vae.fingerprint())

@@ -37,14 +37,24 @@ def encode_dataset(
     device: str | torch.device = "cpu",
     meta: dict | None = None,
     progress: bool = True,
+    precision: str = "bf16",
 ) -> tuple[LatentCache, dict]:
     """Encode every image of `dataset` (and its mirror image when `flip`) into a cache at `out`.
 
     `dataset[i]` must return {"image": (3, S, S) in [-1, 1], ...} (or None when unreadable);
     `dataset.attributes` (N, 40) and optionally `dataset.captions` / `dataset.image_ids` are
     copied into the cache. Returns the opened cache and a summary (counts, rate).
+
+    precision "bf16" runs the encoder under bfloat16 autocast: 2x faster on CPU, and its error
+    (measured: 0.003 RMS in raw latent units) is below the posterior's own std (0.005), which the
+    UNet adds as noise anyway; "fp32" for exact latents.
     """
-    vae = vae.to(device).eval()
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+    device = torch.device(device)
+    # channels_last: oneDNN's fast convolution layout, and ChannelNorm's layer_norm is free in it.
+    vae = vae.to(device, memory_format=torch.channels_last).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty: nothing to encode")
@@ -74,7 +84,8 @@ def encode_dataset(
             x = torch.stack(images).to(device)  # (B, 3, S, S)
             batches = [x, x.flip(-1)] if flip else [x]  # variant 1: mirrored (W axis)
             for v, xb in enumerate(batches):
-                post = vae.encode(xb)
+                with autocast:
+                    post = vae.encode(xb.contiguous(memory_format=torch.channels_last))
                 writer.write(v, idx, post.mean, post.std)
             if bar is not None:
                 bar.update(len(idx))
@@ -93,6 +104,7 @@ def encode_dataset(
             "shift": list(config.shift) if isinstance(config.shift, tuple) else config.shift,
             "latent_stats": config.latent_stats,
             "unreadable": unreadable,
+            "precision": precision,
             "encode_seconds": round(seconds, 2),
             **(meta or {}),
         }
@@ -144,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="default: the size the VAE was trained at")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="encoder precision (bf16: 2x faster on CPU, error below the posterior std)")
     parser.add_argument("--no-preload", action="store_true")
 
 
@@ -161,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
                           preload=not args.no_preload)
     cache, summary = encode_dataset(
         vae, dataset, out, flip=args.flip, batch_size=args.batch_size, device=device,
+        precision=args.precision,
         meta={"split": args.split, "data_root": str(Path(args.data).resolve()), "vae_dir": str(vae_dir)},
     )
     print(f"encoded {summary['encoded']} images ({summary['images']} x {summary['variants']} variant(s)) "

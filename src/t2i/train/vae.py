@@ -105,7 +105,10 @@ class VAEStage(Stage):
         self.sample_batch = torch.stack([sample_src[i]["image"] for i in range(n)])  # (n, 3, S, S)
 
     def build(self):
-        modules = {"vae": VAE(self.preset.model)}
+        # channels_last: oneDNN's fast conv layout on CPU (and tensor cores' on GPU); ChannelNorm
+        # is a plain layer_norm in it. Measured 2-2.7x faster VAE encoding on this CPU.
+        vae = VAE(self.preset.model).to(memory_format=torch.channels_last)
+        modules = {"vae": vae}
         if self.preset.loss.disc_start < self.preset.loop.steps:
             modules["disc"] = PatchDiscriminator(self.preset.loss.discriminator)
         return modules
@@ -124,6 +127,7 @@ class VAEStage(Stage):
     def training_step(self, batch, ctx: Context) -> StepOutput:
         lc = self.preset.loss
         x = self._crop(batch["image"], ctx)  # (B, 3, c, c) in [-1, 1]
+        x = x.contiguous(memory_format=torch.channels_last)
         B, _, H, W = x.shape
         latent = self.preset.model.latent_channels
         f = self.preset.model.downsample_factor
@@ -268,7 +272,8 @@ def _batches(dataset, indices: list[int], device, batch_size: int = 64):
         items = [dataset[i] for i in indices[start : start + batch_size]]
         items = [it for it in items if it is not None]
         if items:
-            yield torch.stack([it["image"] for it in items]).to(device)
+            x = torch.stack([it["image"] for it in items]).to(device)
+            yield x.contiguous(memory_format=torch.channels_last)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
