@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -122,7 +123,9 @@ def test_piped_session_two_prompts_settings_change_and_metadata(live_model, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--window: no display" in proc.stderr  # a clear message, and the session still runs
     assert "error: unknown command :bogus" in proc.stdout
-    assert "step 1/4" in proc.stdout and "step 3/3" in proc.stdout  # progress lines when piped
+    # Progress lines when piped (steps that finish while a frame is shown are coalesced, so
+    # which step numbers appear depends on timing; at least one per image does).
+    assert re.search(r"step [1-4]/4 ", proc.stdout) and re.search(r"step [1-3]/3 ", proc.stdout)
     size = json.loads((live_model / "unet" / "config.json").read_text()).get("image_size")
 
     files = sorted(p.name for p in out.iterdir())
