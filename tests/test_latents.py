@@ -67,7 +67,10 @@ def test_incomplete_cache_is_refused(tmp_path):
     w.write(0, [0, 1], torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2))
     with pytest.raises(ValueError, match="1 .* never written"):
         w.close(np.zeros((3, 40)), None, {"vae_hash": "x", "scale": 1.0, "shift": 0.0})
-    w.abort()
+    # A killed encode leaves its temporary dir behind; the next writer removes it.
+    assert len(list(tmp_path.glob(".c.tmp-*"))) == 1
+    LatentCacheWriter(tmp_path / "c", 3, (4, 2, 2), variants=1).abort()
+    assert not list(tmp_path.glob(".c.tmp-*"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LatentCache.open(tmp_path / "c")
     # A directory without index.json (e.g. an interrupted encode) is not a cache.

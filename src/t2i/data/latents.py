@@ -155,7 +155,14 @@ class LatentCacheWriter:
         self.directory = Path(directory)
         _check_replaceable(self.directory)
         self.directory.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an encode killed before it could clean up (SIGKILL/SIGTERM). One encode
+        # per output directory at a time is assumed.
+        for stale in self.directory.parent.glob(f".{self.directory.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.directory.parent, prefix=f".{self.directory.name}.tmp-"))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the cache private
         self.n, self.variants, self.latent_shape = n, variants, tuple(latent_shape)
         shape = (variants, n, *latent_shape)
         open_memmap = np.lib.format.open_memmap
