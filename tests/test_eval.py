@@ -43,7 +43,14 @@ def test_suite_scores_rendered_attributes_and_prompts_are_complete(rows):
     train, test = rows
     suite = build_suite(train, test, n_prompts=40, n_heldout=20, seed=1, negate_prob=0.5)
     assert set(suite.scored) == set(RENDERED_ATTRIBUTES)  # varied + captioned = rendered
-    assert len(suite.group("test")) == 40 and len(suite.group("heldout")) == 20
+    assert len(suite.group("heldout")) == 20
+    # 40 drawn at random, plus rows that make every scored value requested >= 4 times each way.
+    test_prompts = [suite.prompts[i] for i in suite.group("test")]
+    assert sum(not p.coverage for p in test_prompts) == 40 < len(test_prompts) == 40 + suite.info["coverage_prompts"]
+    asked = np.stack([p.requested for p in test_prompts])
+    for a in suite.scored:
+        j = ATTRIBUTE_INDEX[a]
+        assert min(asked[:, j].sum(), (~asked[:, j]).sum()) >= 4, a
     negated = 0
     for p in suite.prompts:
         said = caption_mentions(p.text)
@@ -114,12 +121,21 @@ def test_per_attribute_scoring_with_negations_hand_built():
     assert (s["hit_rate"], s["rejection_rate"], s["balanced"]) == (0.5, 0.5, 0.5)
     assert e["hit_rate"] is None and e["rejection_rate"] == 0.75 and e["balanced"] == 0.75  # no positives: skipped
     assert (s["n_pos"], s["n_neg"], e["n_pos"], e["n_neg"]) == (2, 2, 0, 4)
-    assert f["macro_balanced"] == 0.625
+    # The macro average takes only attributes requested both ways (Smiling): a text-blind
+    # model would otherwise score 0 or 1 on Eyeglasses instead of 0.5.
+    assert f["macro_balanced"] == 0.5 and f["macro_attributes"] == 1
     assert f["all_correct_rate"] == 0.25  # only image 0 gets both right
     assert f["negations"] == 1 and f["negations_obeyed"] == 1.0
     # The same verdicts, but the denied attribute is found: the negation score drops to 0.
     verdicts[0, ATTRIBUTE_INDEX["Eyeglasses"]] = True
     assert faithfulness(verdicts, requested, ("Eyeglasses",), [("Eyeglasses",), (), (), ()])["negations_obeyed"] == 0.0
+
+
+def test_a_text_blind_generator_scores_exactly_half():
+    requested = synth_rows(300, seed=9)
+    same_picture = np.repeat(synth_rows(1, seed=10), 300, axis=0)  # one image whatever the prompt
+    f = faithfulness(same_picture, requested, RENDERED_ATTRIBUTES)
+    assert f["macro_balanced"] == 0.5 and f["macro_attributes"] == len(RENDERED_ATTRIBUTES)
 
 
 def test_shuffled_captions_score_near_chance():
@@ -257,7 +273,7 @@ class StandInPipe:
 def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_images, tmp_path):
     images, attrs = real_images
     pipe = StandInPipe(images, attrs.numpy() > 0.5)
-    cfg = EvalConfig(n_prompts=4, n_per_prompt=2, n_heldout=2, steps=4, seed=0, batch_size=4, sweep=True,
+    cfg = EvalConfig(n_prompts=4, n_per_prompt=2, n_heldout=2, steps=4, seed=0, batch_size=4, min_per_class=0, sweep=True,
                      quick=True, sweep_prompts=2, sweep_steps=(2, 4), sweep_guidance=(1.0, 3.0),
                      sweep_samplers=("ddim", "dpm++2m"), sampler="dpm++2m")
     logs = []
@@ -269,7 +285,7 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
     assert page.count("data:image/png;base64,") >= 3 and "not comparable to" in page
     saved = json.loads((out / "report.json").read_text())
     assert set(saved) >= {"settings", "suite", "faithfulness", "fd", "clip_score", "diversity", "timing", "sweep"}
-    assert set(saved["faithfulness"]) == {"test", "heldout", "all", "ceiling_real", "floor_shuffled"}
+    assert set(saved["faithfulness"]) == {"test", "heldout", "all", "ceiling_real", "ceiling_vae", "floor_shuffled"}
     assert saved["faithfulness"]["test"]["images"] == 8 and saved["faithfulness"]["heldout"]["images"] == 4
     assert set(saved["fd"]) >= {"generated", "real_vs_real", "vae_reconstruction", "column_shuffled_prompts"}
     assert all(isinstance(saved["fd"][k], float) for k in ("generated", "real_vs_real", "vae_reconstruction"))

@@ -15,7 +15,7 @@ from t2i.train.judge import PRESETS, JudgeStage, trained_attribute_mask
 
 def test_judge_shapes_and_resizing():
     torch.manual_seed(0)
-    judge = Judge(JudgeConfig(image_size=32, channels=(8, 16)))
+    judge = Judge(JudgeConfig(image_size=32, stem_channels=8, channels=(8, 16))).eval()
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     assert judge(x).shape == (3, 40)
     assert judge.features(x).shape == (3, 16) == (3, judge.num_features)
@@ -30,7 +30,7 @@ def test_judge_shapes_and_resizing():
 
 def test_judge_config_rejects_bad_sizes():
     with pytest.raises(ValueError, match="divisible"):
-        JudgeConfig(image_size=36, channels=(8, 16, 32))
+        JudgeConfig(image_size=36, channels=(8, 16, 32))  # 36 is not a multiple of 2**4
     with pytest.raises(ValueError, match="channels"):
         JudgeConfig(channels=())
 

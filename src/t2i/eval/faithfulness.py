@@ -53,7 +53,8 @@ def faithfulness(
     """Score boolean verdicts (N, 40) against requested values (N, 40) on the `scored` attributes.
 
     Returns {"per_attribute": {name: {balanced, hit_rate, rejection_rate, n_pos, n_neg}},
-    "macro_balanced", "all_correct_rate", "accuracy", "images"} plus, when `negated` (per image,
+    "macro_balanced" (over the `macro_attributes` attributes requested both ways),
+    "all_correct_rate", "accuracy", "images"} plus, when `negated` (per image,
     the attributes its prompt denied explicitly) is given, "negations_obeyed": how often the
     image obeys an explicit denial ("without glasses", "clean-shaven").
     """
@@ -70,9 +71,13 @@ def faithfulness(
         for j, a in enumerate(scored)
     }
     match = v[:, idx] == r[:, idx]  # (N, k)
+    # The macro average only takes attributes requested both ways: with one class, "balanced"
+    # is a single rate, and a text-blind model scores 0 or 1 on it instead of 0.5.
+    both = (stats["n_pos"] > 0) & (stats["n_neg"] > 0)
     out = {
         "per_attribute": per,
-        "macro_balanced": _num(torch.nanmean(stats["balanced"])) if len(idx) else None,
+        "macro_balanced": _num(stats["balanced"][both].mean()) if bool(both.any()) else None,
+        "macro_attributes": int(both.sum()),
         "all_correct_rate": _num(match.all(dim=1).double().mean()) if len(v) else None,
         "accuracy": _num(match.double().mean()) if len(v) else None,
         "images": int(v.shape[0]),

@@ -39,11 +39,12 @@ class Prompt:
     source: int = -1  # index of the test-split row it came from
     flipped: str | None = None  # heldout built by flipping this attribute of the source row
     seen_in_train: bool = False  # its scored combination occurs in the training split
+    coverage: bool = False  # added so that a rare attribute value is requested at all
 
     def to_dict(self, scored: tuple[str, ...]) -> dict:
         return {
             "text": self.text, "group": self.group, "negated": list(self.negated), "source": self.source,
-            "flipped": self.flipped, "seen_in_train": self.seen_in_train,
+            "flipped": self.flipped, "seen_in_train": self.seen_in_train, "coverage": self.coverage,
             "requested": {a: bool(self.requested[ATTRIBUTE_INDEX[a]]) for a in scored},
         }
 
@@ -111,9 +112,12 @@ def _caption(row: np.ndarray, rng: random.Random, scored: tuple[str, ...], negat
 
 
 def build_suite(train_rows, test_rows, n_prompts: int = 64, n_heldout: int = 32, seed: int = 0,
-                negate_prob: float = 0.25, all_rows=None) -> PromptSuite:
+                negate_prob: float = 0.25, all_rows=None, min_per_class: int = 4) -> PromptSuite:
     """Draw `n_prompts` test rows and `n_heldout` unseen combinations (fewer if the data has
-    fewer). `all_rows` (default train + test) decides which value pairs are possible."""
+    fewer). Then, for each scored attribute requested fewer than `min_per_class` times either
+    way, add test rows that request it (marked `coverage`): at random a rare attribute (bald,
+    3%) would often never be asked for, and then never measured. `all_rows` (default
+    train + test) decides which value pairs are possible."""
     train_b, test_b = as_bool(train_rows), as_bool(test_rows)
     if len(test_b) == 0:
         raise ValueError("the test split is empty: eval needs test images to draw prompts from")
@@ -127,10 +131,23 @@ def build_suite(train_rows, test_rows, n_prompts: int = 64, n_heldout: int = 32,
     seen = set(_keys(train_b, idx))
     test_keys = _keys(test_b, idx)
 
+    drawn = rng.sample(range(len(test_b)), min(n_prompts, len(test_b)))
+    added: list[int] = []
+    if min_per_class > 0 and drawn:
+        rarity = test_b[:, idx].mean(axis=0)
+        for j in sorted(idx, key=lambda j: min(rarity[idx.index(j)], 1 - rarity[idx.index(j)])):
+            for value in (True, False):
+                have = sum(bool(test_b[i, j]) == value for i in drawn + added)
+                if have >= min_per_class:
+                    continue
+                taken = set(drawn + added)
+                pool = [i for i in range(len(test_b)) if bool(test_b[i, j]) == value and i not in taken]
+                added += rng.sample(pool, min(min_per_class - have, len(pool)))
     prompts: list[Prompt] = []
-    for i in rng.sample(range(len(test_b)), min(n_prompts, len(test_b))):
+    for i in drawn + added:
         text, neg = _caption(test_b[i], rng, scored, negate_prob)
-        prompts.append(Prompt(text, test_b[i].copy(), "test", neg, i, None, test_keys[i] in seen))
+        prompts.append(Prompt(text, test_b[i].copy(), "test", neg, i, None, test_keys[i] in seen,
+                              coverage=i in added))
 
     # Held-out combinations: first unseen test rows, then single flips of test rows.
     everything = as_bool(all_rows) if all_rows is not None else np.concatenate([train_b, test_b])
@@ -169,6 +186,7 @@ def build_suite(train_rows, test_rows, n_prompts: int = 64, n_heldout: int = 32,
         "train_rows": int(len(train_b)), "test_rows": int(len(test_b)),
         "distinct_train_combinations": len(seen),
         "test_prompts": sum(p.group == "test" for p in prompts),
+        "coverage_prompts": len(added),
         "test_prompts_seen_in_train": sum(p.group == "test" and p.seen_in_train for p in prompts),
         "heldout_prompts": len(held),
         "heldout_from_test_rows": sum(p.flipped is None for p in held),

@@ -115,8 +115,11 @@ def sweep_plots(report: dict) -> dict[str, str]:
         floor = [r["fd_real_vs_real"] for r in sweep if r.get("fd_real_vs_real") is not None]
         if floor:
             axes[1].axhline(floor[0], color="g", lw=0.8, ls=":", label="real vs real (same n)")
+        ticks = sorted({r["steps"] for rs in steps_rows.values() for r in rs})
         for ax, title in zip(axes, ("faithfulness vs steps", "FD (judge features) vs steps")):
             ax.set_xscale("log")
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
             ax.set_xlabel("sampling steps")
             ax.set_title(title)
             ax.legend(fontsize=7)
@@ -131,7 +134,8 @@ def sweep_plots(report: dict) -> dict[str, str]:
         ax.plot(x, [r["all_correct_rate"] for r in g_rows], "s--", label="all-correct rate")
         ax2 = ax.twinx()
         ax2.plot(x, [r["fd"] for r in g_rows], "^:", color="gray", label="FD")
-        ax2.set_ylabel("FD")
+        ax2.ticklabel_format(axis="y", useOffset=False)
+        ax2.set_ylabel("FD (gray)")
         ax.set_xlabel("guidance scale")
         ax.set_title(f"vs guidance ({base['sampler']}, {base['steps']} steps)")
         ax.legend(fontsize=7, loc="lower right")
@@ -151,7 +155,8 @@ def attribute_plot(report: dict) -> str | None:
     if not names:
         return None
     series = [("generated (test prompts)", f["test"]), ("generated (held-out)", f.get("heldout")),
-              ("real images (ceiling)", f["ceiling_real"]), ("shuffled captions (floor)", f["floor_shuffled"])]
+              ("real images (ceiling)", f["ceiling_real"]), ("real images through the VAE", f.get("ceiling_vae")),
+              ("shuffled captions (floor)", f["floor_shuffled"])]
     series = [(label, s) for label, s in series if s and s.get("images")]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 3.8))
     width = 0.8 / len(series)
@@ -163,8 +168,8 @@ def attribute_plot(report: dict) -> str | None:
     ax.set_xticks(x + width * (len(series) - 1) / 2, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("balanced accuracy")
-    ax.set_title("per-attribute faithfulness")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("per-attribute faithfulness (balanced accuracy)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _figure_png(fig)
 
 
@@ -184,11 +189,17 @@ def _fmt(x, digits: int = 3) -> str:
 def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     f, fd, clip, div = report["faithfulness"], report["fd"], report.get("clip_score") or {}, report["diversity"]
     held = f.get("heldout") or {}
+    vae = f.get("ceiling_vae") or {}
+
+    def ceiling(key: str) -> str:
+        text = _fmt(f["ceiling_real"][key])
+        return f"{text} (VAE {_fmt(vae[key])})" if vae else text
+
     rows = [
         ("attribute faithfulness (balanced, chance 0.5)", _fmt(f["test"]["macro_balanced"]),
-         _fmt(f["ceiling_real"]["macro_balanced"]), _fmt(f["floor_shuffled"]["macro_balanced"])),
+         ceiling("macro_balanced"), _fmt(f["floor_shuffled"]["macro_balanced"])),
         ("all-attributes-correct rate", _fmt(f["test"]["all_correct_rate"]),
-         _fmt(f["ceiling_real"]["all_correct_rate"]), _fmt(f["floor_shuffled"]["all_correct_rate"])),
+         ceiling("all_correct_rate"), _fmt(f["floor_shuffled"]["all_correct_rate"])),
         ("held-out combinations: balanced / all-correct",
          f"{_fmt(held.get('macro_balanced'))} / {_fmt(held.get('all_correct_rate'))}", "", ""),
         ("explicit negations obeyed", _fmt(f["test"].get("negations_obeyed")), "", ""),

@@ -5,10 +5,14 @@ can check whether a generated image obeys its prompt, and its pooled penultimate
 the embedding for the Fréchet distance (this project's stand-in for Inception, whose weights
 cannot be downloaded here; FD on these features is not comparable to Inception FID).
 
-Architecture: a stride-2 stem, then per level `num_res_blocks` pre-activation ResBlocks
-(`t2i.models.layers`) and a strided downsample, a final norm + SiLU, global average pooling
-(the features) and one linear layer (the 40 logits). It is fully convolutional, so images of
-another size are resized to `image_size` first (`prepare`).
+Architecture: a plain conv-BatchNorm-ReLU network (VGG/ResNet-stem style): a 4x4 stride-2
+"patchify" stem, then per level a stride-2 3x3 conv and `depth` 3x3 convs, global average
+pooling (the features) and one linear layer (the 40 logits). Why not the GroupNorm ResBlocks
+of `t2i.models.layers` that the generator uses: with them the judge learned 3-4x slower
+(0.962 mean balanced accuracy after 700 steps of batch 64, against >0.99 after 1000 for this
+net; see docs/eval.md), and the judge must train inside the CPU demo's budget. BatchNorm's
+batch dependence only exists in training; in eval mode a verdict depends on its image alone.
+Images of another size are resized to `image_size` first (`prepare`).
 """
 
 from __future__ import annotations
@@ -20,28 +24,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i.attributes import NUM_ATTRIBUTES
-from t2i.models.layers import Downsample, ResBlock, group_norm
 
 
 @dataclass
 class JudgeConfig:
     image_size: int = 64  # inputs are resized to this before the stem
-    # Width per level; the stem halves the input, every level after the first halves again,
-    # so the last level sees image_size / 2**len(channels).
-    channels: tuple[int, ...] = (32, 64, 128, 128)
-    num_res_blocks: int = 1
-    dropout: float = 0.1  # on the pooled features, before the head
+    stem_channels: int = 32  # the 4x4 stride-2 stem halves the input
+    # Width per level; each level halves the resolution again, so the last level sees
+    # image_size / 2**(1 + len(channels)) (4x4 at 64 px).
+    channels: tuple[int, ...] = (64, 128, 256)
+    depth: int = 1  # stride-1 3x3 convs per level after its downsampling conv
+    dropout: float = 0.0  # on the pooled features, before the head
     num_attributes: int = NUM_ATTRIBUTES
 
     def __post_init__(self):
-        if not self.channels or any(c <= 0 for c in self.channels):
+        if not self.channels or any(c <= 0 for c in self.channels) or self.stem_channels <= 0:
             raise ValueError(f"JudgeConfig.channels must be positive widths, got {self.channels!r}")
-        if self.num_res_blocks < 1:
-            raise ValueError(f"JudgeConfig.num_res_blocks must be >= 1, got {self.num_res_blocks}")
-        if self.image_size % 2 ** len(self.channels):
+        if self.depth < 0:
+            raise ValueError(f"JudgeConfig.depth must be >= 0, got {self.depth}")
+        if self.image_size % 2 ** (1 + len(self.channels)):
             raise ValueError(
                 f"JudgeConfig.image_size={self.image_size} must be divisible by "
-                f"2**len(channels)={2 ** len(self.channels)}"
+                f"2**(1 + len(channels))={2 ** (1 + len(self.channels))}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"JudgeConfig.dropout must be in [0, 1), got {self.dropout}")
@@ -51,24 +55,25 @@ class JudgeConfig:
         return self.channels[-1]
 
 
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    # Padding 1 keeps 3x3 convs "same" and makes the 4x4 stride-2 stem halve exactly.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
 class Judge(nn.Module):
     def __init__(self, config: JudgeConfig):
         super().__init__()
         self.config = config
-        ch = config.channels
-        self.stem = nn.Conv2d(3, ch[0], 3, stride=2, padding=1)
-        blocks: list[nn.Module] = []
-        c_in = ch[0]
-        for i, c in enumerate(ch):
-            for _ in range(config.num_res_blocks):
-                blocks.append(ResBlock(c_in, c))
-                c_in = c
-            if i < len(ch) - 1:
-                blocks.append(Downsample(c))
-        self.blocks = nn.Sequential(*blocks)
-        self.norm_out = group_norm(ch[-1])
+        layers = [conv_bn_relu(3, config.stem_channels, kernel=4, stride=2)]
+        c_in = config.stem_channels
+        for c in config.channels:
+            layers.append(conv_bn_relu(c_in, c, stride=2))
+            layers += [conv_bn_relu(c, c) for _ in range(config.depth)]
+            c_in = c
+        self.body = nn.Sequential(*layers)
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(ch[-1], config.num_attributes)
+        self.head = nn.Linear(config.feature_dim, config.num_attributes)
 
     @property
     def num_features(self) -> int:
@@ -87,9 +92,7 @@ class Judge(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, F): the pooled last level, used for FD and diversity."""
-        x = self.prepare(images)
-        h = self.blocks(self.stem(x))  # (B, C_last, S / 2**levels, S / 2**levels)
-        h = F.silu(self.norm_out(h))
+        h = self.body(self.prepare(images))  # (B, C_last, S / 2**(1+levels), S / 2**(1+levels))
         return h.mean(dim=(2, 3)).float()  # (B, F)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -38,25 +38,26 @@ class JudgeStageConfig:
     # Share of training images blurred (2x average-pool, then bilinear back up): generated and
     # VAE-decoded images are softer than the real ones, and the judge should read attributes,
     # not sharpness.
-    soften_prob: float = 0.25
+    soften_prob: float = 0.1
     min_class_rate: float = 0.002  # attributes rarer than this (either value) are not trained
     max_eval_images: int = 20000  # per split, for the validation/test metrics
 
 
 PRESETS: dict[str, JudgeStageConfig] = {
     "tiny": JudgeStageConfig(
-        judge=JudgeConfig(image_size=32, channels=(8, 16), dropout=0.0),
+        judge=JudgeConfig(image_size=32, stem_channels=8, channels=(8, 16), depth=0),
         loop=LoopConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=2, ckpt_every=10, log_every=5,
                         mixed_precision="no"),
     ),
     # Runs inside the one-command CPU demo: a few minutes on 2 cores (see docs/eval.md).
     "synth64": JudgeStageConfig(
-        judge=JudgeConfig(image_size=64, channels=(32, 64, 128, 128)),
-        loop=LoopConfig(steps=700, batch_size=64, lr=3e-3, warmup_steps=50, weight_decay=0.01,
-                        min_lr_ratio=0.02, ckpt_every=250, log_every=25),
+        judge=JudgeConfig(image_size=64, stem_channels=32, channels=(64, 128, 256), depth=1),
+        loop=LoopConfig(steps=600, batch_size=64, lr=2e-3, warmup_steps=50, weight_decay=1e-4,
+                        min_lr_ratio=0.0, ckpt_every=250, log_every=25),
     ),
     "celeba128": JudgeStageConfig(
-        judge=JudgeConfig(image_size=128, channels=(32, 64, 128, 256, 256), num_res_blocks=2, dropout=0.2),
+        judge=JudgeConfig(image_size=128, stem_channels=32, channels=(64, 128, 256, 256), depth=2,
+                          dropout=0.2),
         loop=LoopConfig(steps=15000, batch_size=128, lr=1e-3, warmup_steps=500, weight_decay=0.05,
                         min_lr_ratio=0.05, ckpt_every=1000, log_every=100, num_workers=4),
     ),
