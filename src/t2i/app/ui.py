@@ -130,7 +130,9 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
 
         for box in (sex, age, present, absent):
             public = box is sex  # one listener is enough to expose it as /compose_prompt
+            # always_last: quick successive clicks must not let an older reply overwrite a newer one.
             box.change(compose, [sex, age, present, absent], prompt, queue=False, show_progress="hidden",
+                       trigger_mode="always_last",
                        api_name="compose_prompt" if public else None,
                        api_visibility="public" if public else "private")
         inputs = [prompt, negative, steps, guidance, sampler, seed, random_seed, num_images]
