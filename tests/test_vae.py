@@ -269,6 +269,9 @@ def test_resume_continues_at_the_right_step(synth_dir, tmp_path):
     step_a, state_a = load_latest_training_state(straight / "checkpoints" / "vae")
     step_b, state_b = load_latest_training_state(resumed / "checkpoints" / "vae")
     assert step_a == step_b == 4
+    # The discriminator trains at disc_lr_scale x the VAE's learning rate.
+    lr_vae = state_a["optimizers"]["vae"]["param_groups"][0]["lr"]
+    assert state_a["optimizers"]["disc"]["param_groups"][0]["lr"] == pytest.approx(0.1 * lr_vae)
     for name in ("vae", "disc"):
         sa, sb = state_a["optimizers"][name]["state"], state_b["optimizers"][name]["state"]
         assert sa.keys() == sb.keys() and sa

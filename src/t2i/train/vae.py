@@ -60,7 +60,8 @@ PRESETS: dict[str, VAEPreset] = {
     # run exercises every loss term.
     "tiny": VAEPreset(
         model=VAEConfig(channels=(8, 16, 16), num_res_blocks=1),
-        loss=VAELossConfig(disc_start=2, discriminator=DiscriminatorConfig(channels=8, n_layers=2)),
+        loss=VAELossConfig(disc_start=2, disc_warmup=0,
+                           discriminator=DiscriminatorConfig(channels=8, n_layers=2)),
         loop=LoopConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, log_every=5,
                         ckpt_every=10, sample_every=0),
         image_size=32, crop_size=16, val_images=16, stats_images=32, sample_images=4,
@@ -80,7 +81,7 @@ PRESETS: dict[str, VAEPreset] = {
     # a different context on crops than on whole images.
     "celeba128": VAEPreset(
         model=VAEConfig(channels=(64, 128, 256), num_res_blocks=2),
-        loss=VAELossConfig(disc_start=20_000, disc_weight=0.5),
+        loss=VAELossConfig(disc_start=20_000, disc_warmup=2000, disc_weight=0.5),
         loop=LoopConfig(steps=100_000, batch_size=32, lr=4.5e-4, warmup_steps=500,
                         log_every=100, ckpt_every=2000, sample_every=2000),
         image_size=128, crop_size=64, val_images=2048, stats_images=4096,
@@ -113,6 +114,9 @@ class VAEStage(Stage):
             modules["disc"] = PatchDiscriminator(self.preset.loss.discriminator)
         return modules
 
+    def lr_scale(self, name: str) -> float:
+        return self.preset.loss.disc_lr_scale if name == "disc" else 1.0
+
     def _crop(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Random crops whose offsets are multiples of f, so crop latents line up with the
         latent grid of whole images."""
@@ -140,7 +144,7 @@ class VAEStage(Stage):
         logs = {"rec": rec.detach(), "kl": kl.detach(),
                 "posterior_std": posterior.std.detach().float().mean()}
 
-        if ctx.step >= lc.disc_start:
+        if ctx.step >= lc.disc_start + lc.disc_warmup:
             disc = ctx.unwrap("disc")
             # Generator term: the discriminator with detached weights (gradient reaches the
             # VAE through `recon`, never the discriminator's parameters).
@@ -148,13 +152,15 @@ class VAEStage(Stage):
             g = generator_loss(functional_call(disc, frozen, (recon,)))
             lam = adaptive_weight(rec, g, ctx.unwrap("vae").last_layer, lc.adaptive_weight_max)
             loss = loss + lc.disc_weight * lam * g
+            logs.update(g=g.detach(), adaptive_weight=lam)
+        if ctx.step >= lc.disc_start:
             # Discriminator term: one forward over real and (detached) fake patches.
             logits = ctx.models["disc"](torch.cat([x, recon.detach()]))
             logits_real, logits_fake = logits[:B], logits[B:]
             d = hinge_d_loss(logits_real, logits_fake)
             loss = loss + d
-            logs.update(g=g.detach(), adaptive_weight=lam, d=d.detach(),
-                        logits_real=logits_real.detach().mean(), logits_fake=logits_fake.detach().mean())
+            logs.update(d=d.detach(), logits_real=logits_real.detach().mean(),
+                        logits_fake=logits_fake.detach().mean())
         return StepOutput(loss, logs)
 
     def sample(self, ctx: Context, path: Path) -> None:
@@ -316,6 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconstruction", choices=["l1", "mse"], help="reconstruction loss")
     parser.add_argument("--kl-weight", type=float)
     parser.add_argument("--disc-start", type=int, help="step at which the PatchGAN switches on")
+    parser.add_argument("--disc-warmup", type=int, help="steps the discriminator trains alone")
     parser.add_argument("--disc-weight", type=float)
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
     parser.add_argument("--sample-every", type=int, help="write a reconstruction grid every N steps")
@@ -334,7 +341,8 @@ def preset_from_args(args: argparse.Namespace) -> VAEPreset:
     if args.steps is not None:
         loop = replace(loop, warmup_steps=min(loop.warmup_steps, max(1, args.steps // 10)))
     loss = replace(p.loss, reconstruction=args.reconstruction, kl_weight=args.kl_weight,
-                   disc_start=args.disc_start, disc_weight=args.disc_weight)
+                   disc_start=args.disc_start, disc_warmup=args.disc_warmup,
+                   disc_weight=args.disc_weight)
     return replace(p, loop=loop, loss=loss, image_size=args.image_size, crop_size=args.crop_size,
                    val_images=args.val_images, stats_images=args.stats_images)
 
