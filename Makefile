@@ -31,6 +31,7 @@ browser:
 
 demo: install
 	$(BIN)/t2i data synth --out $(DATA) --n $(N) --seed 0
+	$(BIN)/t2i data show --data $(DATA) --out $(MODEL)/samples/data_grid.png --n 16
 	$(BIN)/t2i train all --data $(DATA) --out $(MODEL) --preset $(PRESET)
 	$(BIN)/t2i generate --model $(MODEL) --grid-prompts --out $(MODEL)/samples
 
