@@ -399,6 +399,7 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
                 progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 running, t_log, images_since_log = {}, now, 0
             if ctx.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+                ctx.step = step  # steps completed so far
                 sample_dir.mkdir(parents=True, exist_ok=True)
                 with torch.no_grad():
                     stage.sample(ctx, sample_dir / f"step_{step:07d}.png")
