@@ -55,7 +55,7 @@ def captioned_grid(images: list[Image.Image], captions: list[str], cols: int, sc
     w, h = images[0].size
     w, h = w * scale, h * scale
     font = ImageFont.load_default(size=11)
-    lines_per = [_wrap(c, font, w - 4) for c in captions]
+    lines_per = [wrap_text(c, font, w - 4) for c in captions]
     text_h = 13 * max(len(lines) for lines in lines_per) + 4
     rows = (len(images) + cols - 1) // cols
     grid = Image.new("RGB", (cols * w, rows * (h + text_h)), "white")
@@ -68,7 +68,8 @@ def captioned_grid(images: list[Image.Image], captions: list[str], cols: int, sc
     return grid
 
 
-def _wrap(text: str, font, width: int) -> list[str]:
+def wrap_text(text: str, font, width: float) -> list[str]:
+    """Greedy word wrap to `width` pixels in `font`."""
     lines, line = [], ""
     for word in text.split():
         trial = f"{line} {word}".strip()

@@ -14,33 +14,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from t2i.checkpoint import atomic_write_json
+from t2i.generate import wrap_text
+from t2i.pipeline import tensor_to_pil
 
 # ----------------------------------------------------------------------------- images
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) in [-1, 1] -> PIL images."""
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def _wrap(text: str, font, width: float) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if font.getlength(trial) <= width or not line:
-            line = trial
-        else:
-            lines.append(line)
-            line = word
-    return lines + [line] if line else lines
 
 
 def prompt_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, notes: list[str] | None = None,
                 scale: int = 2) -> Image.Image:
     """One row per prompt: its `per_prompt` images (prompt-major order), the prompt under the
     row, and under each image an optional note (e.g. the attributes the judge found wrong)."""
-    pil = to_pil(images)
+    pil = tensor_to_pil(images)
     if len(pil) != len(prompts) * per_prompt:
         raise ValueError(f"{len(pil)} images for {len(prompts)} prompts x {per_prompt}")
     font = ImageFont.load_default(size=11)
@@ -48,9 +32,9 @@ def prompt_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, notes
     w, h = w * scale, h * scale
     width = per_prompt * w
     line_h = 13
-    note_lines = [_wrap(n, font, w - 4)[:3] for n in notes] if notes else [[] for _ in pil]
+    note_lines = [wrap_text(n, font, w - 4)[:3] for n in notes] if notes else [[] for _ in pil]
     note_h = line_h * max((len(n) for n in note_lines), default=0)
-    text_lines = [_wrap(p, font, width - 6) for p in prompts]
+    text_lines = [wrap_text(p, font, width - 6) for p in prompts]
     row_heights = [h + note_h + line_h * len(t) + 8 for t in text_lines]
     grid = Image.new("RGB", (width, sum(row_heights)), "white")
     draw = ImageDraw.Draw(grid)
