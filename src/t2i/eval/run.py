@@ -81,7 +81,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_prompts=2, n_per_prompt=2, n_heldout=1, steps=2, max_real=64, sweep_prompts=2,
                  clip_images=16, grid_prompts=2, quick=True, min_per_class=1),
     "synth64": {},
-    "celeba128": dict(n_prompts=128, n_heldout=64, batch_size=128, max_real=10000, sweep_prompts=64),
+    "celeba128": dict(n_prompts=128, n_heldout=64, batch_size=128, max_real=5000, sweep_prompts=64),
 }
 
 

@@ -8,9 +8,9 @@ cannot be downloaded here; FD on these features is not comparable to Inception F
 Architecture: a plain conv-BatchNorm-ReLU network (VGG/ResNet-stem style): a 4x4 stride-2
 "patchify" stem, then per level a stride-2 3x3 conv and `depth` 3x3 convs, global average
 pooling (the features) and one linear layer (the 40 logits). Why not the GroupNorm ResBlocks
-of `t2i.models.layers` that the generator uses: with them the judge learned 3-4x slower
-(0.962 mean balanced accuracy after 700 steps of batch 64, against >0.99 after 1000 for this
-net; see docs/eval.md), and the judge must train inside the CPU demo's budget. BatchNorm's
+of `t2i.models.layers` that the generator uses: built from them, the judge underfit on the CPU
+demo's budget (0.962 test mean balanced accuracy on SynthFaces after 700 steps of batch 64,
+against 0.993 after 600 for this net, which also costs less per step; docs/eval.md). BatchNorm's
 batch dependence only exists in training; in eval mode a verdict depends on its image alone.
 Images of another size are resized to `image_size` first (`prepare`).
 """

@@ -38,7 +38,7 @@ class JudgeStageConfig:
     # Share of training images blurred (2x average-pool, then bilinear back up): generated and
     # VAE-decoded images are softer than the real ones, and the judge should read attributes,
     # not sharpness.
-    soften_prob: float = 0.1
+    soften_prob: float = 0.25
     min_class_rate: float = 0.002  # attributes rarer than this (either value) are not trained
     max_eval_images: int = 20000  # per split, for the validation/test metrics
 
