@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from t2i.models.layers import Attention, Downsample, ResBlock, TransformerBlock, group_norm
+from t2i.models.layers import Downsample, ResBlock, TransformerBlock, group_norm
 
 
 @dataclass
@@ -40,11 +41,10 @@ class CLIPConfig:
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    # Pooled text embedding: "eos" (CLIP: the EOS token's final state), "mean" (masked mean
-    # of the real tokens' final states) or "attn" (attention pooling with one learned query,
-    # Lee et al. 2019's PMA as in SigLIP's MAP head; it starts as the mean and learns which
-    # tokens matter). "eos" sat at the chance loss for hundreds of steps here; see docs/clip.md.
-    text_pool: str = "attn"
+    # Pooled text embedding: "eos" (CLIP: the EOS token's final state) or "mean" (masked mean
+    # of the real tokens' final states). Both reach the same accuracy here once the image
+    # features are batch-normalised; see docs/clip.md.
+    text_pool: str = "eos"
     # image tower: inputs are resized to `image_size`; a stem conv with stride `stem_stride`
     # (a learned, patchify-like downsampling that keeps small details such as earrings, which
     # resizing would blur away) then ResNet stages with one Downsample between stages.
@@ -57,6 +57,15 @@ class CLIPConfig:
     # removes each channel's image-wide mean -- the colour cues (hair colour, pale skin) and
     # all content of a flat image.
     image_norm_groups: int = 8
+    # BatchNorm on the pooled image features (as SimCLR's projection head). At init every
+    # image's pooled vector points the same way (mean pairwise cosine 0.998 measured), and
+    # contrastive training crawls until the towers grow the differences; centering over the
+    # batch removes that common direction from the first step. Eval uses running statistics.
+    image_pool_norm: bool = True
+    # Pool the last feature map by its mean and its max, concatenated. Average pooling
+    # dilutes a feature that fires on a few pixels (an earring, wavy hair edges); the max
+    # keeps it (supervised probe, 400 steps: wavy hair 0.80 -> 0.95 balanced accuracy).
+    image_pool_max: bool = True
     # joint space
     embed_dim: int = 128
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
@@ -68,8 +77,8 @@ class CLIPConfig:
             raise ValueError(
                 f"text_width={self.text_width} is not divisible by text_heads={self.text_heads}"
             )
-        if self.text_pool not in ("eos", "mean", "attn"):
-            raise ValueError(f"text_pool must be 'eos', 'mean' or 'attn', got {self.text_pool!r}")
+        if self.text_pool not in ("eos", "mean"):
+            raise ValueError(f"text_pool must be 'eos' or 'mean', got {self.text_pool!r}")
         if self.stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {self.stem_stride}")
         factor = self.stem_stride * 2 ** (len(self.image_channels) - 1)
@@ -92,16 +101,41 @@ class TextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(c.text_width)
         self.projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
         self.pool = c.text_pool
-        if self.pool == "attn":
-            # A zero query attends uniformly: the pooling starts as a (linear map of the) mean.
-            self.pool_query = nn.Parameter(torch.zeros(c.text_width))
-            self.pool_attn = Attention(c.text_width, c.text_heads, context_dim=c.text_width)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, buckets: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask (B, L) -> hidden (B, L, W), pooled (B, E) (not normalised).
 
         L may be shorter than the context length (training trims trailing padding); the EOS
-        token is the last real token of each row."""
+        token is the last real token of each row. `buckets` > 1 sorts the prompts by length
+        and runs them in that many groups, each trimmed to its own longest prompt: the same
+        outputs (a prompt never sees padding) for about half the work when lengths vary."""
+        B, L = ids.shape
+        if ids.device.type == "cpu":
+            # PyTorch's CPU flash-attention kernel is slow for these short sequences (its
+            # backward took 59 ms per call here, half the text tower's step); the plain
+            # "math" kernel gives the same numbers 1.8x faster (bf16, measured).
+            with sdpa_kernel([SDPBackend.MATH]):
+                return self._bucketed(ids, mask, buckets)
+        return self._bucketed(ids, mask, buckets)
+
+    def _bucketed(self, ids: torch.Tensor, mask: torch.Tensor, buckets: int):
+        B, L = ids.shape
+        if buckets > 1 and B > buckets:
+            lengths = mask.sum(dim=1)
+            order = lengths.argsort()  # (B,) shortest first
+            hidden, pooled = [], []
+            for chunk in order.chunk(buckets):
+                n = int(lengths[chunk].max())
+                h, p = self._forward(ids[chunk, :n], mask[chunk, :n])
+                hidden.append(F.pad(h, (0, 0, 0, L - n)))  # back to (b, L, W)
+                pooled.append(p)
+            inverse = order.argsort()
+            return torch.cat(hidden)[inverse], torch.cat(pooled)[inverse]
+        return self._forward(ids, mask)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L = ids.shape
         if L > self.positional_embedding.shape[0]:
             raise ValueError(f"sequence length {L} exceeds context_length "
@@ -114,18 +148,16 @@ class TextTransformer(nn.Module):
         if self.pool == "eos":
             eos = mask.sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
             pooled = hidden[torch.arange(B, device=ids.device), eos]  # (B, W)
-        elif self.pool == "mean":
+        else:
             w = mask.to(hidden.dtype)[:, :, None]  # (B, L, 1)
             pooled = (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, W)
-        else:
-            q = self.pool_query.expand(B, 1, -1).to(hidden.dtype)  # (B, 1, W)
-            pooled = self.pool_attn(q, context=hidden, mask=mask)[:, 0]  # (B, W)
         return hidden, self.projection(pooled)  # (B, L, W), (B, E)
 
 
 class ImageEncoder(nn.Module):
-    """Small ResNet (pre-activation ResBlocks) -> global average pool -> linear to the joint
-    space. Global pooling makes the tower indifferent to where on the grid a feature sits."""
+    """Small ResNet (pre-activation ResBlocks) -> global mean+max pool -> BatchNorm -> linear
+    to the joint space. Global pooling makes the tower indifferent to where on the grid a
+    feature sits."""
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
@@ -149,7 +181,10 @@ class ImageEncoder(nn.Module):
                 layers.append(Downsample(ch))
         self.body = nn.Sequential(*layers)
         self.norm = group_norm(ch, c.image_norm_groups)
-        self.projection = nn.Linear(ch, c.embed_dim)
+        self.pool_max = c.image_pool_max
+        pooled = 2 * ch if c.image_pool_max else ch
+        self.pool_norm = nn.BatchNorm1d(pooled) if c.image_pool_norm else nn.Identity()
+        self.projection = nn.Linear(pooled, c.embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1], any H, W -> (B, E) (not normalised)."""
@@ -161,8 +196,11 @@ class ImageEncoder(nn.Module):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True,
                                    align_corners=False)  # (B, 3, S, S)
         h = self.body(self.stem(images))  # (B, C_last, S / (stem_stride * 2^(n-1)), ...)
-        h = F.silu(self.norm(h)).mean(dim=(2, 3))  # (B, C_last)
-        return self.projection(h)
+        h = F.silu(self.norm(h))
+        pooled = h.mean(dim=(2, 3))  # (B, C_last)
+        if self.pool_max:
+            pooled = torch.cat([pooled, h.amax(dim=(2, 3))], dim=1)  # (B, 2 C_last)
+        return self.projection(self.pool_norm(pooled))
 
 
 class CLIP(nn.Module):
@@ -200,11 +238,12 @@ class CLIP(nn.Module):
         return self.image(images)
 
     def forward(
-        self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+        self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, text_buckets: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (image features (B, E), text features (B, E), both L2-normalised; logit scale)."""
+        """-> (image features (B_img, E), text features (B_txt, E), both L2-normalised; logit
+        scale). `text_buckets`: see TextTransformer.forward."""
         img = F.normalize(self.encode_image(images), dim=-1)
-        _, pooled = self.encode_text(ids, mask)
+        _, pooled = self.text(ids, mask, buckets=text_buckets)
         txt = F.normalize(pooled, dim=-1)
         return img, txt, self.scale()
 
