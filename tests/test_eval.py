@@ -302,6 +302,11 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
     # Deterministic for a seed.
     again = evaluate(pipe, tiny_judge, synth_dir, cfg, None, progress=False, log=logs.append)
     assert again["faithfulness"] == report["faithfulness"] and again["fd"] == report["fd"]
+    # A judge trained on fewer attributes scores only those, and says so.
+    narrow = evaluate(pipe, tiny_judge, synth_dir, cfg, None, judge_meta={"attributes": ["Male", "Smiling"]},
+                      progress=False, log=logs.append)
+    assert set(narrow["faithfulness"]["test"]["per_attribute"]) == {"Male", "Smiling"}
+    assert any("not trained on" in line for line in logs)
 
 
 def test_eval_prefers_a_faithful_generator_when_the_judge_is_right(synth_dir, real_images, tmp_path):

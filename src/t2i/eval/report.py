@@ -71,6 +71,11 @@ def _figure_png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _nums(values) -> list[float]:
+    """None (undefined) -> NaN, so matplotlib leaves a gap."""
+    return [float("nan") if v is None else float(v) for v in values]
+
+
 def sweep_plots(report: dict) -> dict[str, str]:
     """Base64 PNGs: faithfulness vs steps, FD vs steps, faithfulness vs guidance, per sampler."""
     import matplotlib
@@ -90,11 +95,12 @@ def sweep_plots(report: dict) -> dict[str, str]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for s, rs in steps_rows.items():
             x = [r["steps"] for r in rs]
-            axes[0].plot(x, [r["macro_balanced"] for r in rs], "o-", label=f"{s} balanced")
-            axes[0].plot(x, [r["all_correct_rate"] for r in rs], "s--", label=f"{s} all-correct")
-            axes[1].plot(x, [r["fd"] for r in rs], "o-", label=s)
+            axes[0].plot(x, _nums(r["macro_balanced"] for r in rs), "o-", label=f"{s} balanced")
+            axes[0].plot(x, _nums(r["all_correct_rate"] for r in rs), "s--", label=f"{s} all-correct")
+            axes[1].plot(x, _nums(r["fd"] for r in rs), "o-", label=s)
         ceiling = report["faithfulness"]["ceiling_real"]
-        axes[0].axhline(ceiling["macro_balanced"], color="g", lw=0.8, ls=":", label="real images (ceiling)")
+        if ceiling["macro_balanced"] is not None:
+            axes[0].axhline(ceiling["macro_balanced"], color="g", lw=0.8, ls=":", label="real images (ceiling)")
         axes[0].axhline(0.5, color="r", lw=0.8, ls=":", label="chance")
         floor = [r["fd_real_vs_real"] for r in sweep if r.get("fd_real_vs_real") is not None]
         if floor:
@@ -114,10 +120,10 @@ def sweep_plots(report: dict) -> dict[str, str]:
     if len(g_rows) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         x = [r["guidance"] for r in g_rows]
-        ax.plot(x, [r["macro_balanced"] for r in g_rows], "o-", label="balanced faithfulness")
-        ax.plot(x, [r["all_correct_rate"] for r in g_rows], "s--", label="all-correct rate")
+        ax.plot(x, _nums(r["macro_balanced"] for r in g_rows), "o-", label="balanced faithfulness")
+        ax.plot(x, _nums(r["all_correct_rate"] for r in g_rows), "s--", label="all-correct rate")
         ax2 = ax.twinx()
-        ax2.plot(x, [r["fd"] for r in g_rows], "^:", color="gray", label="FD")
+        ax2.plot(x, _nums(r["fd"] for r in g_rows), "^:", color="gray", label="FD")
         ax2.ticklabel_format(axis="y", useOffset=False)
         ax2.set_ylabel("FD (gray)")
         ax.set_xlabel("guidance scale")
@@ -160,7 +166,7 @@ def attribute_plot(report: dict) -> str | None:
 # ----------------------------------------------------------------------------- text
 
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
     if x is None:
         return "-"
     if isinstance(x, float):
@@ -176,25 +182,25 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     vae = f.get("ceiling_vae") or {}
 
     def ceiling(key: str) -> str:
-        text = _fmt(f["ceiling_real"][key])
-        return f"{text} (VAE {_fmt(vae[key])})" if vae else text
+        text = fmt(f["ceiling_real"][key])
+        return f"{text} (VAE {fmt(vae[key])})" if vae else text
 
     rows = [
-        ("attribute faithfulness (balanced, chance 0.5)", _fmt(f["test"]["macro_balanced"]),
-         ceiling("macro_balanced"), _fmt(f["floor_shuffled"]["macro_balanced"])),
-        ("all-attributes-correct rate", _fmt(f["test"]["all_correct_rate"]),
-         ceiling("all_correct_rate"), _fmt(f["floor_shuffled"]["all_correct_rate"])),
+        ("attribute faithfulness (balanced, chance 0.5)", fmt(f["test"]["macro_balanced"]),
+         ceiling("macro_balanced"), fmt(f["floor_shuffled"]["macro_balanced"])),
+        ("all-attributes-correct rate", fmt(f["test"]["all_correct_rate"]),
+         ceiling("all_correct_rate"), fmt(f["floor_shuffled"]["all_correct_rate"])),
         ("held-out combinations: balanced / all-correct",
-         f"{_fmt(held.get('macro_balanced'))} / {_fmt(held.get('all_correct_rate'))}", "", ""),
-        ("explicit negations obeyed", _fmt(f["test"].get("negations_obeyed")), "", ""),
-        ("FD, judge features (not Inception FID)", _fmt(fd["generated"], 2),
-         f"real/real {_fmt(fd['real_vs_real'], 2)}; VAE {_fmt(fd['vae_reconstruction'], 2)}",
-         f"shuffled prompts {_fmt(fd.get('column_shuffled_prompts'), 2)}"),
-        ("CLIP score (project CLIP)", _fmt(clip.get("generated"), 2), _fmt(clip.get("real"), 2),
-         _fmt(clip.get("real_shuffled"), 2)),
-        ("diversity (mean pairwise feature dist.)", _fmt(div.get("generated")),
-         _fmt(div.get("real_same_attributes")), ""),
-        ("seconds per image", _fmt(report["timing"]["seconds_per_image"], 4), "", ""),
+         f"{fmt(held.get('macro_balanced'))} / {fmt(held.get('all_correct_rate'))}", "", ""),
+        ("explicit negations obeyed", fmt(f["test"].get("negations_obeyed")), "", ""),
+        ("FD, judge features (not Inception FID)", fmt(fd["generated"], 2),
+         f"real/real {fmt(fd['real_vs_real'], 2)}; VAE {fmt(fd['vae_reconstruction'], 2)}",
+         f"shuffled prompts {fmt(fd.get('column_shuffled_prompts'), 2)}"),
+        ("CLIP score (project CLIP)", fmt(clip.get("generated"), 2), fmt(clip.get("real"), 2),
+         fmt(clip.get("real_shuffled"), 2)),
+        ("diversity (mean pairwise feature dist.)", fmt(div.get("generated")),
+         fmt(div.get("real_same_attributes")), ""),
+        ("seconds per image", fmt(report["timing"]["seconds_per_image"], 4), "", ""),
     ]
     return rows
 
@@ -211,7 +217,7 @@ def headline_table(report: dict) -> str:
     title = (f"t2i eval: {report['model_id']} | {s['sampler']}, {s['steps']} steps, guidance {s['guidance']} | "
              f"{report['suite']['info']['test_prompts']} test + {report['suite']['info']['heldout_prompts']} "
              f"held-out prompts x {s['n_per_prompt']} images | judge test accuracy "
-             f"{_fmt(report['judge'].get('test_mean_balanced_accuracy'))}")
+             f"{fmt(report['judge'].get('test_mean_balanced_accuracy'))}")
     return title + "\n" + "\n".join(lines)
 
 
@@ -221,8 +227,8 @@ def sweep_table(report: dict) -> str:
         return ""
     rows = [("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "s/image")]
     for r in sweep:
-        rows.append((r["sampler"], str(r["steps"]), _fmt(r["guidance"], 1), _fmt(r["macro_balanced"]),
-                     _fmt(r["all_correct_rate"]), _fmt(r["fd"], 2), _fmt(r["seconds_per_image"], 4)))
+        rows.append((r["sampler"], str(r["steps"]), fmt(r["guidance"], 1), fmt(r["macro_balanced"]),
+                     fmt(r["all_correct_rate"]), fmt(r["fd"], 2), fmt(r["seconds_per_image"], 4)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -263,8 +269,8 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
     for n in names:
         t, c, fl = f["test"]["per_attribute"][n], f["ceiling_real"]["per_attribute"][n], f["floor_shuffled"]["per_attribute"][n]
         h = (f.get("heldout") or {}).get("per_attribute", {}).get(n, {})
-        rows.append((n, _fmt(t["balanced"]), _fmt(t["hit_rate"]), _fmt(t["rejection_rate"]), f"{t['n_pos']}/{t['n_neg']}",
-                     _fmt(h.get("balanced")), _fmt(c["balanced"]), _fmt(fl["balanced"])))
+        rows.append((n, fmt(t["balanced"]), fmt(t["hit_rate"]), fmt(t["rejection_rate"]), f"{t['n_pos']}/{t['n_neg']}",
+                     fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
     parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
                                "held-out balanced", "real (ceiling)", "shuffled (floor)")))
     if report.get("sweep"):
@@ -273,8 +279,8 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
             if key in plots:
                 parts.append(f"<img src='data:image/png;base64,{plots[key]}'>")
         sw = report["sweep"]
-        parts.append(_table([(r["sampler"], r["steps"], r["guidance"], _fmt(r["macro_balanced"]), _fmt(r["all_correct_rate"]),
-                              _fmt(r["fd"], 2), _fmt(r.get("fd_real_vs_real"), 2), _fmt(r["seconds_per_image"], 4), r["images"])
+        parts.append(_table([(r["sampler"], r["steps"], r["guidance"], fmt(r["macro_balanced"]), fmt(r["all_correct_rate"]),
+                              fmt(r["fd"], 2), fmt(r.get("fd_real_vs_real"), 2), fmt(r["seconds_per_image"], 4), r["images"])
                              for r in sw],
                             ("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "FD real/real (same n)",
                              "s/image", "images")))

@@ -36,7 +36,7 @@ from t2i.eval.faithfulness import (
 )
 from t2i.eval.fd import FDMeter
 from t2i.eval.prompts import PromptSuite, build_suite, caption_rows, column_shuffled, shuffled_rows
-from t2i.eval.report import headline_table, prompt_grid, sweep_table, write_report
+from t2i.eval.report import fmt, headline_table, prompt_grid, sweep_table, write_report
 from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
@@ -188,6 +188,15 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
     train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real)
     suite: PromptSuite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed,
                                      cfg.negate_prob, all_rows=all_rows, min_per_class=cfg.min_per_class)
+    trained = (judge_meta or {}).get("attributes")
+    if trained:  # score only what the judge learned (it may come from another dataset)
+        missing = [a for a in suite.scored if a not in trained]
+        if missing:
+            log(f"[eval] warning: the judge was not trained on {missing}; they are not scored")
+            suite.scored = tuple(a for a in suite.scored if a in trained)
+        if not suite.scored:
+            raise ValueError("the judge was trained on none of the attributes this dataset varies; "
+                             "train it on this dataset with `t2i train judge`")
     scored = suite.scored
     log(f"[eval] {len(real)} real test images, {len(scored)} scored attributes; "
         f"{suite.info['test_prompts']} test ({suite.info['coverage_prompts']} added for rare attributes) + "
@@ -350,7 +359,7 @@ def run_sweep(pipe, judge, suite: PromptSuite, cfg: EvalConfig, meter: FDMeter, 
                "seconds_per_image": seconds / n, "images": n}
         results.append(row)
         log(f"[eval] sweep {sampler:>14} {steps:4d} steps guidance {guidance:4.1f}: balanced "
-            f"{row['macro_balanced']:.3f} all-correct {row['all_correct_rate']:.3f} FD {row['fd']:.2f} "
+            f"{fmt(row['macro_balanced'])} all-correct {fmt(row['all_correct_rate'])} FD {fmt(row['fd'], 2)} "
             f"{row['seconds_per_image'] * 1000:.1f} ms/img")
     return results
 
@@ -404,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.model_dir = model
     judge_path = Path(args.judge) if args.judge else model
     judge, meta = load_judge(judge_path, device=pipe.device)
-    judge_meta = {"path": str(resolve_component(judge_path, "judge"))}
+    judge_meta = {"path": str(resolve_component(judge_path, "judge")), "attributes": meta.get("attributes")}
     metrics_path = Path(judge_meta["path"]) / "metrics.json"
     if metrics_path.is_file():
         judge_meta.update(json.loads(metrics_path.read_text()))
