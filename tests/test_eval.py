@@ -274,7 +274,7 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
     images, attrs = real_images
     pipe = StandInPipe(images, attrs.numpy() > 0.5)
     cfg = EvalConfig(n_prompts=4, n_per_prompt=2, n_heldout=2, steps=4, seed=0, batch_size=4, min_per_class=0, sweep=True,
-                     quick=True, sweep_prompts=2, sweep_steps=(2, 4), sweep_guidance=(1.0, 3.0),
+                     quick=True, sweep_images=4, fd_images=4, sweep_steps=(2, 4), sweep_guidance=(1.0, 3.0),
                      sweep_samplers=("ddim", "dpm++2m"), sampler="dpm++2m")
     logs = []
     report = evaluate(pipe, tiny_judge, synth_dir, cfg, tmp_path / "eval", judge_meta={"path": "j"},
@@ -297,8 +297,9 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
     assert settings == sweep_settings(cfg, ["ddim", "dpm++2m"])
     assert len(set(settings)) == len(settings) == 4
     assert all(r["seconds_per_image"] > 0 and r["images"] == 4 for r in saved["sweep"])
-    # Batched generation: 4 images per call -> 2 prompts per call.
-    assert all(n_prompts <= 2 for n_prompts, *_ in pipe.calls)
+    # Batched generation: at most batch_size=4 images per call, and some calls use all of it.
+    sizes = [n_prompts * k for n_prompts, k, *_ in pipe.calls]
+    assert max(sizes) == 4 and len(pipe.calls) > 5
     # Deterministic for a seed.
     again = evaluate(pipe, tiny_judge, synth_dir, cfg, None, progress=False, log=logs.append)
     assert again["faithfulness"] == report["faithfulness"] and again["fd"] == report["fd"]
