@@ -249,7 +249,7 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     hidden, mask, pooled = enc.encode(["a smiling woman wearing a hat", ""])
     assert hidden.shape[:2] == mask.shape == (2, enc.context_length) and pooled.shape == (2, enc.embed_dim)
     metrics = json.loads((out / "clip" / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["loss"] == "multipos" and metrics["val_images"] > 0
+    assert metrics["steps"] == 3 and metrics["loss_type"] == "multipos" and metrics["val_images"] > 0
     for kind in ("retrieval_complete", "retrieval_dataset"):
         r = metrics[kind]
         assert 0 <= r["t2i_r1"] <= r["t2i_r5"] <= 1 and 0 <= r["i2t_r1"] <= r["i2t_r5"] <= 1
@@ -265,7 +265,7 @@ def test_infonce_option_and_bad_loss(synth_dir, tmp_path, capsys):
 
     out = tmp_path / "m"
     assert _train(synth_dir, out, "--steps", "1", "--loss", "infonce") == 0
-    assert json.loads((out / "clip" / "metrics.json").read_text())["loss"] == "infonce"
+    assert json.loads((out / "clip" / "metrics.json").read_text())["loss_type"] == "infonce"
     with pytest.raises(SystemExit):  # argparse rejects an unknown loss by name
         _train(synth_dir, tmp_path / "x", "--loss", "nope")
     assert "nope" in capsys.readouterr().err

@@ -13,8 +13,7 @@ token still summarises everything for the pooled embedding. Padding never leaks 
 padded positions are masked out, so a prompt encodes the same alone or in a batch.
 
 The image tower reads pixels in [-1, 1] at any size; it resizes them (antialiased) to its own
-`image_size` first, so it can score dataset images and generated images alike, and can be
-trained at a lower resolution than the data (cheap on CPU).
+`image_size` first, so it can score dataset images and generated images alike.
 
 The contrastive loss lives here too (`contrastive_loss`, `positive_mask`) because it is a
 property of the model, not of a training script.
@@ -46,8 +45,8 @@ class CLIPConfig:
     # features are batch-normalised; see docs/clip.md.
     text_pool: str = "eos"
     # image tower: inputs are resized to `image_size`; a stem conv with stride `stem_stride`
-    # (a learned, patchify-like downsampling that keeps small details such as earrings, which
-    # resizing would blur away) then ResNet stages with one Downsample between stages.
+    # (a learned, patchify-like downsampling: full-resolution input at the cost of a smaller
+    # one) then ResNet stages with one Downsample between stages.
     image_size: int = 64
     stem_stride: int = 2
     image_channels: tuple[int, ...] = (32, 64, 128)
@@ -110,12 +109,13 @@ class TextTransformer(nn.Module):
         L may be shorter than the context length (training trims trailing padding); the EOS
         token is the last real token of each row. `buckets` > 1 sorts the prompts by length
         and runs them in that many groups, each trimmed to its own longest prompt: the same
-        outputs (a prompt never sees padding) for about half the work when lengths vary."""
+        outputs (a prompt never sees padding) for less work (~15% of a training step's text
+        time with caption lengths 5-41 tokens, measured)."""
         B, L = ids.shape
         if ids.device.type == "cpu":
             # PyTorch's CPU flash-attention kernel is slow for these short sequences (its
             # backward took 59 ms per call here, half the text tower's step); the plain
-            # "math" kernel gives the same numbers 1.8x faster (bf16, measured).
+            # "math" kernel computes the same attention 1.8x faster (bf16, measured).
             with sdpa_kernel([SDPBackend.MATH]):
                 return self._bucketed(ids, mask, buckets)
         return self._bucketed(ids, mask, buckets)

@@ -5,16 +5,18 @@
 2. Train CLIP on (image, caption) pairs with the shared loop. Loss: the symmetric contrastive
    loss with multi-positive soft targets (`--loss multipos`, default): pairs whose captions or
    attribute vectors are identical are positives of each other, so duplicates are not pushed
-   apart; `--loss infonce` is CLIP's plain InfoNCE. With several processes, features are
-   gathered (with gradients) so the loss sees the global batch.
+   apart; `--loss infonce` is CLIP's plain InfoNCE. Optional extras (on in the presets):
+   hard-negative captions (one attribute flipped to a false claim) and an auxiliary
+   attribute loss on the image embedding. With several processes, features are gathered
+   (with gradients) so the loss sees the global batch.
 3. Evaluate on the validation split (`evaluate`) and write MODEL_DIR/clip/{config.json,
    model.safetensors, metrics.json}.
 
 Metrics (all on validation images; see docs/clip.md):
 - zero-shot attribute accuracy: for each captioned attribute that varies, score every image
   against two prompts that differ *only* in that attribute (the image's own complete caption
-  with the attribute set, and with it unset -- denied explicitly where the caption vocabulary
-  has a negative: "..., without eyeglasses"); correct when the prompt matching the image's
+  with the attribute set, and with it unset -- denied explicitly where training captions
+  would deny it: "..., without eyeglasses"); correct when the prompt matching the image's
   true value scores higher. Reported per attribute (accuracy and class-balanced accuracy) and
   as means.
 - retrieval R@1/R@5 over unique captions, text->image and image->text, for the complete
@@ -85,8 +87,8 @@ PRESETS: dict[str, ClipPreset] = {
         image_size=32, vocab_size=512, context_length=48, hard_negatives=1, attribute_loss=1.0,
         eval_images=32, zeroshot_images=16,
     ),
-    # The one-command demo's CLIP on SynthFaces 64px: ~250 CPU-seconds of training (one
-    # thread), mean zero-shot attribute accuracy ~0.92 (docs/clip.md).
+    # The one-command demo's CLIP on SynthFaces 64px: ~210-230 CPU-seconds for the whole
+    # command (one thread), mean zero-shot attribute accuracy 0.93 (two seeds, docs/clip.md).
     "synth64": ClipPreset(
         model=CLIPConfig(text_width=128, text_layers=2, text_heads=4, image_size=64, stem_stride=2,
                          image_channels=(16, 32, 64, 128), embed_dim=128),
@@ -99,7 +101,7 @@ PRESETS: dict[str, ClipPreset] = {
         model=CLIPConfig(text_width=256, text_layers=4, text_heads=4, image_size=128, stem_stride=2,
                          image_channels=(32, 64, 128, 256, 256), image_blocks=2, embed_dim=256),
         loop=LoopConfig(steps=20_000, batch_size=256, lr=1e-3, warmup_steps=500, log_every=100,
-                        ckpt_every=2000, weight_decay=0.05),
+                        ckpt_every=2000),
         image_size=128, hard_negatives=1, attribute_loss=1.0, eval_images=2000, zeroshot_images=2000,
     ),
 }
@@ -225,7 +227,7 @@ class ClipStage(Stage):
         if self.val_set is not None and len(self.val_set):
             metrics = evaluate(model, self.tokenizer, self.val_set, self.varied,
                                self.preset.eval_images, self.preset.zeroshot_images, ctx.device)
-        metrics.update(loss=self.preset.loss, params=sum(p.numel() for p in model.parameters()),
+        metrics.update(loss_type=self.preset.loss, params=sum(p.numel() for p in model.parameters()),
                        params_text=sum(p.numel() for p in model.text.parameters()),
                        params_image=sum(p.numel() for p in model.image.parameters()),
                        logit_scale=round(float(model.scale().detach()), 3),
