@@ -128,13 +128,10 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                                      elem_id="t2i-gallery", elem_classes="t2i-pixels",
                                      buttons=["download", "fullscreen"])
 
-        for box in (sex, age, present, absent):
-            public = box is sex  # one listener is enough to expose it as /compose_prompt
-            # always_last: quick successive clicks must not let an older reply overwrite a newer one.
-            box.change(compose, [sex, age, present, absent], prompt, queue=False, show_progress="hidden",
-                       trigger_mode="always_last",
-                       api_name="compose_prompt" if public else None,
-                       api_visibility="public" if public else "private")
+        # One listener for all four boxes: `always_last` orders replies within a listener only, so
+        # separate listeners could let an older reply overwrite the prompt a newer click wrote.
+        gr.on([box.change for box in (sex, age, present, absent)], compose, [sex, age, present, absent], prompt,
+              queue=False, show_progress="hidden", trigger_mode="always_last", api_name="compose_prompt")
         inputs = [prompt, negative, steps, guidance, sampler, seed, random_seed, num_images]
         # The button, Enter in the prompt box and the API share one concurrency group, so
         # `limits.concurrency` bounds the jobs running at once whichever way they arrive.

@@ -180,7 +180,7 @@ def train_judge(data: str | Path, out: str | Path, cfg: JudgeStageConfig) -> dic
     stage = JudgeStage(cfg, data, dataset.attributes)
     metrics = train(stage, dataset, cfg.loop, out)
     if metrics:
-        metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        metrics["wall_seconds"] = round(time.perf_counter() - t0, 3)
         path = Path(out) / COMPONENT / "metrics.json"
         if path.is_file():  # add the timing to the file the stage wrote
             saved = json.loads(path.read_text())
