@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import select
 import signal
-import re
 import subprocess
 import sys
 import time

@@ -6,11 +6,11 @@ import warnings
 import pytest
 import torch
 from PIL import Image
-from tiny_model import tiny_model_fixture
 
 from t2i.cli import main
 from t2i.diffusion.samplers import SAMPLERS
 from t2i.pipeline import T2IPipeline, interpolate
+from tiny_model import tiny_model_fixture
 
 
 @pytest.fixture(scope="session")

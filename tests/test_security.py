@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 import torch
-from tiny_model import tiny_model_fixture
 
 from t2i.checkpoint import load_component
 from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import T2IPipeline
+from tiny_model import tiny_model_fixture
 
 
 @pytest.fixture(scope="session")

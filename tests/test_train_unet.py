@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_model import tiny_model_fixture
 
 from t2i.checkpoint import load_tensors
 from t2i.config import replace
@@ -17,6 +16,7 @@ from t2i.data.latents import LatentCache
 from t2i.text_encoder import TextEncoder
 from t2i.train.loop import TrainingInterrupted, train
 from t2i.train.unet import PRESETS, LatentDataset, UNetStage
+from tiny_model import tiny_model_fixture
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +99,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model, tmp_path
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
     # Only rank 0 wrote: the same files exist in both runs, and a single TensorBoard event file.
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and "events" not in p.name)
+    def files(d):
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and "events" not in p.name)
     assert files(one) == files(two)
     assert len(list((two / "logs" / "unet").glob("events.*"))) == 1

@@ -47,7 +47,15 @@ from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import replace
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
-from t2i.train.loop import Context, LoopConfig, Stage, StepOutput, train
+from t2i.train.loop import (
+    Context,
+    LoopConfig,
+    Stage,
+    StepOutput,
+    add_loop_arguments,
+    loop_config_from_args,
+    train,
+)
 
 LOSSES = ("multipos", "infonce")
 
@@ -416,10 +424,9 @@ def _exclusive_with(attribute: str) -> tuple[str, ...]:
 def _deniable(attribute: str, attrs: np.ndarray) -> bool:
     """Whether training captions may deny `attribute` for a face with attribute vector `attrs`
     (where it has its non-salient value): the caption generator's own rule."""
-    # The caption generator's own rule (a private helper there; see docs/clip.md).
-    from t2i.data.captions import _negatable
+    from t2i.data.captions import negatable_attributes
 
-    return attribute in _negatable(attrs, (attribute,))
+    return attribute in negatable_attributes(attrs, (attribute,))
 
 
 def attribute_prompt_pair(attrs: np.ndarray, attribute: str, varied: tuple[str, ...]) -> tuple[str, str]:
@@ -524,27 +531,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=LOSSES, help="multipos (default) or plain CLIP infonce")
     parser.add_argument("--hard-negatives", type=int, help="hard-negative captions per image (default: preset)")
     parser.add_argument("--attribute-loss", type=float, help="weight of the auxiliary attribute loss (0 = off)")
-    parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--image-size", type=int, help="dataset image size (pixels)")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
-    parser.add_argument("--ckpt-every", type=int)
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--num-workers", type=int)
     parser.add_argument("--eval-images", type=int, help="validation images for retrieval")
     parser.add_argument("--zeroshot-images", type=int, help="validation images for zero-shot accuracy")
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
+    add_loop_arguments(parser)
 
 
 def preset_from_args(args: argparse.Namespace) -> ClipPreset:
     p = PRESETS[args.preset]
-    loop = replace(p.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   mixed_precision=args.mixed_precision, ckpt_every=args.ckpt_every,
-                   log_every=args.log_every, num_workers=args.num_workers)
-    if args.steps is not None:
-        loop = replace(loop, warmup_steps=min(loop.warmup_steps, max(1, args.steps // 10)))
+    loop = loop_config_from_args(p.loop, args)
     return replace(p, loop=loop, loss=args.loss, hard_negatives=args.hard_negatives, attribute_loss=args.attribute_loss,
                    image_size=args.image_size,
                    eval_images=args.eval_images, zeroshot_images=args.zeroshot_images)

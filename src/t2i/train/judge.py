@@ -25,7 +25,14 @@ from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import config_to_dict, replace
 from t2i.models.judge import Judge, JudgeConfig, balanced_accuracy
-from t2i.train.loop import LoopConfig, Stage, StepOutput, train
+from t2i.train.loop import (
+    LoopConfig,
+    Stage,
+    StepOutput,
+    add_loop_arguments,
+    loop_config_from_args,
+    train,
+)
 
 COMPONENT = "judge"
 
@@ -198,21 +205,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory; the judge goes to OUT/judge/ "
                         "(use the model directory so `t2i eval` finds it)")
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--image-size", type=int, help="input size (default: the preset's)")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
-    parser.add_argument("--ckpt-every", type=int)
+    add_loop_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> JudgeStageConfig:
     cfg = PRESETS[args.preset]
-    loop = replace(cfg.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   mixed_precision=args.mixed_precision, ckpt_every=args.ckpt_every)
-    if args.steps is not None and args.steps < loop.warmup_steps:
-        loop = replace(loop, warmup_steps=max(1, args.steps // 10))
+    loop = loop_config_from_args(cfg.loop, args)
     return replace(cfg, loop=loop, judge=replace(cfg.judge, image_size=args.image_size))
 
 

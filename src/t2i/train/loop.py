@@ -13,6 +13,7 @@ one process with batch B (up to float summation order).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import json
@@ -29,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from t2i.checkpoint import atomic_write_json, load_latest_training_state, save_training_state
-from t2i.config import config_to_dict
+from t2i.config import config_to_dict, replace
 
 
 @dataclass
@@ -62,6 +63,33 @@ class LoopConfig:
             raise ValueError(f"mixed_precision must be no|bf16|fp16|auto, got {self.mixed_precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every training stage shares; an unset flag keeps the preset's value."""
+    g = parser.add_argument_group("training loop (defaults: the preset's)")
+    g.add_argument("--steps", type=int, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, help="per process and micro-batch")
+    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
+    g.add_argument("--ckpt-every", type=int, help="save a resumable checkpoint every N steps")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--sample-every", type=int, help="write the stage's sample grid every N steps (0 = at the end)")
+    g.add_argument("--num-workers", type=int, help="data-loader worker processes")
+    g.add_argument("--compile", action="store_true", help="torch.compile the trained modules")
+
+
+def loop_config_from_args(loop: LoopConfig, args: argparse.Namespace) -> LoopConfig:
+    """`loop` (a preset's) with the flags of `add_loop_arguments` that were given."""
+    new = replace(loop, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                  seed=args.seed, mixed_precision=args.mixed_precision, ckpt_every=args.ckpt_every,
+                  log_every=args.log_every, sample_every=args.sample_every, num_workers=args.num_workers,
+                  compile=True if args.compile else None)
+    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        new = replace(new, warmup_steps=min(loop.warmup_steps, max(1, args.steps // 10)))
+    return new
 
 
 @dataclass

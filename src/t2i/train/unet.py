@@ -25,7 +25,14 @@ from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
 from t2i.text_encoder import TextEncoder
-from t2i.train.loop import LoopConfig, Stage, StepOutput, train
+from t2i.train.loop import (
+    LoopConfig,
+    Stage,
+    StepOutput,
+    add_loop_arguments,
+    loop_config_from_args,
+    train,
+)
 
 
 @dataclass
@@ -203,29 +210,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", help="text encoder (model dir with tokenizer.json + clip/); default: --out")
     parser.add_argument("--cache", help="latent cache dir; default OUT/latents (built with `t2i encode` if missing)")
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--grad-accum", type=int)
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
     parser.add_argument("--prediction", choices=["v", "eps"])
     parser.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
     parser.add_argument("--caption-dropout", type=float)
     parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    parser.add_argument("--sample-every", type=int)
-    parser.add_argument("--ckpt-every", type=int)
+    add_loop_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
     cfg = PRESETS[args.preset]
-    loop = replace(cfg.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
-                   sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-                   compile=True if args.compile else None)
-    if args.steps is not None and args.steps < loop.warmup_steps:
-        loop = replace(loop, warmup_steps=max(1, args.steps // 10))
+    loop = loop_config_from_args(cfg.loop, args)
     diffusion = replace(cfg.diffusion, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
                         caption_dropout=args.caption_dropout)
     return replace(cfg, loop=loop, diffusion=diffusion, train_text_encoder=True if args.train_text_encoder else None)

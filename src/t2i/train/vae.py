@@ -39,7 +39,15 @@ from t2i.models.vae_losses import (
     hinge_d_loss,
     reconstruction_loss,
 )
-from t2i.train.loop import Context, LoopConfig, Stage, StepOutput, train
+from t2i.train.loop import (
+    Context,
+    LoopConfig,
+    Stage,
+    StepOutput,
+    add_loop_arguments,
+    loop_config_from_args,
+    train,
+)
 
 
 @dataclass
@@ -76,11 +84,11 @@ PRESETS: dict[str, VAEPreset] = {
                         ckpt_every=500, sample_every=500),
         image_size=64, crop_size=32, val_images=256, stats_images=512,
     ),
-    # CelebA 128px -> 4x32x32 (f=4) for a GPU: wider, two blocks per level, L1 + the PatchGAN
-    # after 20k steps (LDM's recipe minus LPIPS). Crops of 64px; no attention, which would see
-    # a different context on crops than on whole images.
+    # CelebA 128px -> 4x16x16 (f=8, the seed's latent size) for a GPU: four levels of two
+    # blocks, L1 + the PatchGAN after 20k steps (LDM's recipe minus LPIPS). Crops of 64px;
+    # no attention, which would see a different context on crops than on whole images.
     "celeba128": VAEPreset(
-        model=VAEConfig(channels=(64, 128, 256), num_res_blocks=2),
+        model=VAEConfig(channels=(64, 128, 256, 256), num_res_blocks=2),
         loss=VAELossConfig(disc_start=20_000, disc_warmup=2000, disc_weight=0.5),
         loop=LoopConfig(steps=100_000, batch_size=32, lr=4.5e-4, warmup_steps=500,
                         log_every=100, ckpt_every=2000, sample_every=2000),
@@ -313,10 +321,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (CelebA layout or SynthFaces)")
     parser.add_argument("--out", required=True, help="model directory; the VAE goes to OUT/vae/")
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--image-size", type=int, help="resize images to this (pixels)")
     parser.add_argument("--crop-size", type=int, help="random training crop (0 = whole images)")
     parser.add_argument("--reconstruction", choices=["l1", "mse"], help="reconstruction loss")
@@ -324,22 +328,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disc-start", type=int, help="step at which the PatchGAN switches on")
     parser.add_argument("--disc-warmup", type=int, help="steps the discriminator trains alone")
     parser.add_argument("--disc-weight", type=float)
-    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"])
-    parser.add_argument("--sample-every", type=int, help="write a reconstruction grid every N steps")
-    parser.add_argument("--ckpt-every", type=int)
-    parser.add_argument("--num-workers", type=int)
     parser.add_argument("--val-images", type=int)
     parser.add_argument("--stats-images", type=int)
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
+    add_loop_arguments(parser)
 
 
 def preset_from_args(args: argparse.Namespace) -> VAEPreset:
     p = PRESETS[args.preset]
-    loop = replace(p.loop, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   mixed_precision=args.mixed_precision, sample_every=args.sample_every,
-                   ckpt_every=args.ckpt_every, num_workers=args.num_workers)
-    if args.steps is not None:
-        loop = replace(loop, warmup_steps=min(loop.warmup_steps, max(1, args.steps // 10)))
+    loop = loop_config_from_args(p.loop, args)
     loss = replace(p.loss, reconstruction=args.reconstruction, kl_weight=args.kl_weight,
                    disc_start=args.disc_start, disc_warmup=args.disc_warmup,
                    disc_weight=args.disc_weight)
