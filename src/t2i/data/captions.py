@@ -250,7 +250,11 @@ _MALE_ONLY = frozenset({"Mustache", "No_Beard", "Goatee", "Sideburns", "5_o_Cloc
                         "Wearing_Necktie"})
 
 
-def _negatable(attrs, attributes) -> list[str]:
+def negatable_attributes(attrs, attributes=None) -> list[str]:
+    """Attributes (of `attributes`, default all captioned) that a caption of a face with
+    attribute vector `attrs` may deny explicitly ("without eyeglasses"): ones it lacks, that
+    have a negative phrase, are not hair colours, and would not sound odd (no "a woman
+    without a mustache"). Evaluation prompts and CLIP's hard negatives follow the same rule."""
     on = _as_bool(attrs)
     names = CAPTIONED_ATTRIBUTES if attributes is None else _check_names(attributes)
     return [a for a in names if a not in TWO_SIDED and a not in UNCAPTIONED and VOCAB[a].neg
@@ -265,7 +269,7 @@ def captions_for(attrs, rng: random.Random, n: int = 5, attributes=None) -> list
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     full = salient_mentions(attrs, attributes)
-    negatable = _negatable(attrs, attributes)
+    negatable = negatable_attributes(attrs, attributes)
     out = []
     for i in range(n):
         if i == 0:

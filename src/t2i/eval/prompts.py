@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
-from t2i.data.captions import TWO_SIDED, VOCAB, complete_caption, varied_attributes
+from t2i.data.captions import complete_caption, negatable_attributes, varied_attributes
 
 GROUPS = ("test", "heldout")
 
@@ -90,21 +90,9 @@ def _literals(rows: np.ndarray, idx: list[int]) -> np.ndarray:
     return np.concatenate([r, ~r], axis=1)
 
 
-def _negatable(row: np.ndarray, scored: tuple[str, ...]) -> list[str]:
-    """Scored attributes the row lacks that captions can deny explicitly (mirrors captions)."""
-    out = []
-    for a in scored:
-        v = VOCAB[a]
-        if a in TWO_SIDED or not v.neg or v.kind == "hair":
-            continue
-        if bool(row[ATTRIBUTE_INDEX[a]]) != v.salient:
-            out.append(a)
-    return out
-
-
 def _caption(row: np.ndarray, rng: random.Random, scored: tuple[str, ...], negate_prob: float) -> tuple[str, tuple]:
     signed = np.where(row, 1, -1)
-    negatable = _negatable(row, scored)
+    negatable = negatable_attributes(row, scored)
     negate = (rng.choice(negatable),) if negatable and rng.random() < negate_prob else ()
     # rng=None: the canonical wording. Varying the template would test the text encoder's
     # robustness, not the picture; the explicit negations are the one variation we keep.
