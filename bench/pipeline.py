@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from t2i.eval.report import eval_headline
 from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, T2IPipeline
 
 PROMPT = "a smiling young woman with blond hair wearing eyeglasses"
@@ -74,7 +75,7 @@ def main() -> None:
         ours["speedup_vs_seed"] = round(seed["seconds_per_image"] / ours["seconds_per_image"], 2)
 
     report_path = Path(args.model) / "eval" / "report.json"
-    faithfulness = json.loads(report_path.read_text()).get("headline") if report_path.is_file() else None
+    faithfulness = eval_headline(json.loads(report_path.read_text())) if report_path.is_file() else None
     result = {
         "benchmark": "pipeline",
         "date": time.strftime("%Y-%m-%d"),

@@ -176,6 +176,24 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
+def eval_headline(report: dict) -> dict:
+    """The few numbers worth a line: faithfulness (with the real-image ceiling), FD, CLIP score."""
+    f = report["faithfulness"]
+    return {
+        "sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
+        "guidance": report["settings"]["guidance"],
+        "faithfulness_balanced": f["test"]["macro_balanced"], "all_correct": f["test"]["all_correct_rate"],
+        "heldout_balanced": (f["heldout"] or {}).get("macro_balanced"),
+        "heldout_all_correct": (f["heldout"] or {}).get("all_correct_rate"),
+        "real_ceiling_balanced": f["ceiling_real"]["macro_balanced"],
+        "real_ceiling_all_correct": f["ceiling_real"]["all_correct_rate"],
+        "shuffled_floor_balanced": f["floor_shuffled"]["macro_balanced"],
+        "fd_judge": report["fd"]["generated"], "fd_vae_floor": report["fd"]["vae_reconstruction"],
+        "clip_score": (report["clip_score"] or {}).get("generated"),
+        "seconds_per_image": report["timing"]["seconds_per_image"],
+    }
+
+
 def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     f, fd, clip, div = report["faithfulness"], report["fd"], report.get("clip_score") or {}, report["diversity"]
     held = f.get("heldout") or {}

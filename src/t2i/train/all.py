@@ -135,24 +135,11 @@ def _stage_metrics(out: Path, name: str) -> dict:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return eval_headline(data) if name == "eval" else data
+    if name == "eval":
+        from t2i.eval.report import eval_headline
 
-
-def eval_headline(report: dict) -> dict:
-    """The few numbers worth a line: faithfulness (with the real-image ceiling), FD, CLIP score."""
-    f = report["faithfulness"]
-    return {
-        "sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
-        "guidance": report["settings"]["guidance"],
-        "faithfulness_balanced": f["test"]["macro_balanced"], "all_correct": f["test"]["all_correct_rate"],
-        "heldout_balanced": f["heldout"]["macro_balanced"], "heldout_all_correct": f["heldout"]["all_correct_rate"],
-        "real_ceiling_balanced": f["ceiling_real"]["macro_balanced"],
-        "real_ceiling_all_correct": f["ceiling_real"]["all_correct_rate"],
-        "shuffled_floor_balanced": f["floor_shuffled"]["macro_balanced"],
-        "fd_judge": report["fd"]["generated"], "fd_vae_floor": report["fd"]["vae_reconstruction"],
-        "clip_score": report["clip_score"]["generated"],
-        "seconds_per_image": report["timing"]["seconds_per_image"],
-    }
+        return eval_headline(data)
+    return data
 
 
 def _print_summary(out: Path, index: dict, report: dict) -> None:

@@ -1,0 +1,47 @@
+"""The benchmarks run (on tiny models); their numbers are not checked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from tiny_model import tiny_model_fixture
+
+import pytest
+
+from t2i.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, synth_dir):
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+def test_time_to_quality_records_one_point_per_evaluation(tiny_model, synth_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("checkpoints", "unet"))
+    assert main(["train", "judge", "--data", str(synth_dir), "--out", str(model), "--preset", "tiny",
+                 "--steps", "3"]) == 0
+    out = tmp_path / "ttq.json"
+    bench = load_bench("time_to_quality")
+    result = bench.main(["--model", str(model), "--data", str(synth_dir), "--preset", "tiny", "--steps", "4",
+                         "--every", "2", "--eval-prompts", "2", "--fd-images", "4", "--max-real", "16",
+                         "--work", str(tmp_path / "work"), "--out", str(out)])
+    points = json.loads(out.read_text())["points"]
+    assert points == result["points"]
+    assert [p["step"] for p in points] == [2, 4]  # the final step is evaluated once
+    assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
+    for p in points:
+        assert 0 <= p["faithfulness_balanced"] <= 1 and p["fd_judge"] >= 0
+    assert out.with_suffix(".png").stat().st_size > 0
