@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
@@ -281,6 +282,7 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
                       progress=False, log=logs.append)
     out = tmp_path / "eval"
     assert (out / "report.json").is_file() and (out / "grid_0.png").is_file()
+    assert Image.open(out / "plot_attributes.png").size[0] > 100
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "not comparable to" in page
     saved = json.loads((out / "report.json").read_text())

@@ -48,3 +48,13 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
                for d in (straight, resumed)]
     for key in ("faithfulness_balanced", "all_correct", "fd_judge", "clip_score"):
         assert metrics[0][key] == metrics[1][key], key
+
+    # A changed recipe (here: the UNet preset's caption dropout) retrains that stage and the
+    # ones downstream of it, not the others.
+    from t2i.config import replace
+
+    tiny = unet_stage.PRESETS["tiny"]
+    monkeypatch.setitem(unet_stage.PRESETS, "tiny", replace(tiny, diffusion=replace(tiny.diffusion, caption_dropout=0.2)))
+    assert main([*argv, "--out", str(straight)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": up to date\n") == 4 and "[all] unet: t2i train unet" in out and "[all] eval: t2i eval" in out

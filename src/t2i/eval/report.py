@@ -323,6 +323,10 @@ def write_report(report: dict, out_dir: str | Path, grids: dict[str, Image.Image
         p = out_dir / f"grid_{k}.png"
         grid.save(p)
         paths[f"grid_{k}"] = p
+    for name, png in plots.items():  # also as files, for READMEs and slides
+        p = out_dir / f"plot_{name}.png"
+        p.write_bytes(base64.b64decode(png))
+        paths[f"plot_{name}"] = p
     tmp = paths["html"].with_suffix(".html.tmp")
     tmp.write_text(render_html(report, grids, plots), encoding="utf-8")
     tmp.replace(paths["html"])

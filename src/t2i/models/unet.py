@@ -326,11 +326,13 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         channels=(16, 16), blocks=1, attention_levels=(1,), head_dim=8, context_dim=16,
         pooled_dim=0, time_embed_dim=32, mlp_mult=2,
     ),
-    # 4x16x16 latents on CPU, ~6M parameters: widths 64/128/128 with cross-attention at
-    # 16/8/4 (the prototype's calibrated shape); one ResBlock per level down (two up) and a
-    # 2x MLP keep a training step cheap, which is what a short CPU budget is limited by.
+    # 4x16x16 latents on CPU, ~6M parameters: widths 64/128/128 with cross-attention at 8x8
+    # and 4x4 (+ mid); one ResBlock per level down (two up) and a 2x MLP keep a step cheap,
+    # which is what a short CPU budget is limited by. Attention at 16x16 (256 tokens) cost 44%
+    # of each training step: without it, 1800 steps took 13 min instead of 1200 in 16 and
+    # came out better (bench/time_to_quality.py; numbers in docs/benchmarks.md).
     "synth64": UNetConfig(
-        channels=(64, 128, 128), blocks=1, attention_levels=(0, 1, 2), head_dim=32,
+        channels=(64, 128, 128), blocks=1, attention_levels=(1, 2), head_dim=32,
         context_dim=128, pooled_dim=128, mlp_mult=2,
     ),
     # 128px CelebA on one GPU: 4x16x16 latents from the f=8 VAE, like the seed, so the same

@@ -46,6 +46,20 @@ def plan(data: str, out: str, preset: str, seed: int) -> list[StageSpec]:
     ]
 
 
+def preset_config(stage: str, preset: str) -> dict:
+    """A stage's preset as plain data. It is part of the stage's fingerprint, so a recipe that
+    changed (say, in a new t2i release) retrains the stage instead of reusing stale weights."""
+    import importlib
+
+    from t2i.config import config_to_dict
+
+    module = {"vae": "t2i.train.vae", "clip": "t2i.train.clip", "unet": "t2i.train.unet",
+              "judge": "t2i.train.judge", "eval": "t2i.eval.run"}.get(stage)
+    presets = importlib.import_module(module).PRESETS if module else {}
+    config = presets.get(preset, {})
+    return config if isinstance(config, dict) else config_to_dict(config)
+
+
 def data_fingerprint(data: Path) -> str:
     """Cheap identity of a dataset: its attribute/partition/metadata files' sizes and mtimes."""
     parts = []
@@ -95,7 +109,8 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
     report = {"data": summary, "stages": {}}
     for spec in plan(str(data_path), str(out_path), preset, seed):
         upstream = "|".join(fingerprints[d] for d in spec.depends)
-        fp = hashlib.sha256(f"{spec.name}|{base}|{upstream}".encode()).hexdigest()[:16]
+        recipe = json.dumps(preset_config(spec.name, preset), sort_keys=True)
+        fp = hashlib.sha256(f"{spec.name}|{base}|{recipe}|{upstream}".encode()).hexdigest()[:16]
         fingerprints[spec.name] = fp
         record = stages.get(spec.name, {})
         done = (out_path / spec.output).exists() and record.get("fingerprint") == fp
