@@ -68,20 +68,27 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [p["train_seconds"] / 60 for p in points]
+    last = points[-1]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.plot(minutes, [p["faithfulness_balanced"] for p in points], "o-", label="macro balanced")
-    ax1.plot(minutes, [p["all_correct"] for p in points], "s-", label="all attributes correct")
-    ax1.axhline(points[-1]["real_ceiling_balanced"], color="gray", ls="--", lw=1, label="real images (balanced)")
+    ax1.plot(minutes, [p["faithfulness_balanced"] for p in points], "o-", color="C0", label="macro balanced")
+    ax1.axhline(last["real_ceiling_balanced"], color="C0", ls="--", lw=1, label="real images: balanced")
+    ax1.plot(minutes, [p["all_correct"] for p in points], "s-", color="C1", label="all attributes correct")
+    ax1.axhline(last["real_ceiling_all_correct"], color="C1", ls="--", lw=1, label="real images: all correct")
     ax1.set(xlabel="UNet training (min, wall)", ylabel="faithfulness (judge)", ylim=(0, 1.02))
-    ax1.legend(fontsize=8, loc="lower right")
+    ax1.legend(fontsize=7, loc="center right")
     ax2.plot(minutes, [p["fd_judge"] for p in points], "o-", color="C3", label="generated")
-    ax2.axhline(points[-1]["fd_vae_floor"], color="gray", ls="--", lw=1, label="VAE round trip")
-    ax2.set(xlabel="UNet training (min, wall)", ylabel="FD (judge features)", yscale="log")
-    ax2.legend(fontsize=8)
+    ax2.axhline(last["fd_vae_floor"], color="gray", ls="--", lw=1, label="VAE round trip (floor)")
+    ax2.set(xlabel="UNet training (min, wall)", ylabel="FD (judge features)", ylim=(0, None))
+    ax2.legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _title(result: dict) -> str:
+    return (f"t2i {result['preset']}: UNet time to quality, {result['steps']} steps x {result['batch_size']} "
+            f"({result['machine']}, {result['date']})")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,7 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-real", type=int, default=1000, help="real test images (ceiling, FD reference)")
     parser.add_argument("--work", default="bench/results/time_to_quality_run", help="scratch model dir (replaced)")
     parser.add_argument("--out", default="bench/results/time_to_quality.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing --out")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.replot:
+        result = json.loads(out.read_text())
+        plot(result["points"], out.with_suffix(".png"), _title(result))
+        return result
 
     model = Path(args.model)
     cfg = PRESETS[args.preset]
@@ -109,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
     judge, judge_meta = load_judge(model)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run each time: the clock must start at step 0
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "time_to_quality", "date": time.strftime("%Y-%m-%d"),
@@ -134,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         judge=judge, judge_meta=judge_meta, data=args.data, eval_cfg=eval_cfg, on_point=on_point,
     )
     train(stage, LatentDataset(cache), loop, work)
-    plot(result["points"], out.with_suffix(".png"),
-         f"t2i {args.preset}: UNet time to quality ({result['machine']})")
+    plot(result["points"], out.with_suffix(".png"), _title(result))
     print(f"-> {out} and {out.with_suffix('.png')}")
     return result
 

@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -133,3 +134,23 @@ def test_generate_cli_bad_input(tiny_model, tmp_path, capsys):
     assert "steps must be" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(tmp_path / "missing")]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_generate_cli_bf16_matches_fp32(tiny_model, tmp_path):
+    def run(precision):
+        out = tmp_path / precision
+        assert main(["generate", "a smiling man", "--model", str(tiny_model), "-n", "1", "--steps", "3",
+                     "--seed", "5", "--precision", precision, "--out", str(out)]) == 0
+        return np.asarray(Image.open(out / "00_00.png"), dtype=np.float32)
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    # bf16 autocast changes rounding, not the picture: well under one level out of 255 on average.
+    assert np.abs(fp32 - bf16).mean() < 1.0
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_matches_eager(tiny_model):
+    pipe = T2IPipeline.from_pretrained(tiny_model, device="cpu")
+    eager = pipe("a smiling man", num_images=2, steps=3, seed=1, output_type="pt")
+    compiled = pipe.compile()("a smiling man", num_images=2, steps=3, seed=1, output_type="pt")
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3)

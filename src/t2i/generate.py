@@ -92,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", default=None, help="negative prompt")
     parser.add_argument("--out", default="outputs", help="output directory")
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto = bf16 on CUDA, fp32 elsewhere; bf16 is also faster on CPUs with AVX512-BF16")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet: pays ~40 s once, then large batches run ~1.6x faster on CPU")
     parser.add_argument("--grid-prompts", action="store_true", help="add the demo's prompt set")
 
 
@@ -99,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = list(args.prompt) + (demo_prompts() if args.grid_prompts else [])
     if not prompts:
         raise ValueError("give at least one prompt (or --grid-prompts)")
-    pipe = T2IPipeline.from_pretrained(args.model, device=args.device)
+    pipe = T2IPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    if args.compile:
+        pipe.compile()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
