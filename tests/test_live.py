@@ -150,9 +150,11 @@ def test_piped_session_two_prompts_settings_change_and_metadata(live_model, tmp_
 
 def test_ctrl_c_cancels_the_image_not_the_session(live_model, tmp_path):
     out = tmp_path / "out"
+    # A terminal delivers Ctrl-C with SIGINT at its default disposition; a test runner started as
+    # a background job inherits it ignored, and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(live_cmd(live_model, out, "--steps", "1000"), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            env=child_env())
+                            env=child_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdin.write("a very slow picture\n")
         proc.stdin.flush()
