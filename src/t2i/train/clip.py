@@ -95,8 +95,8 @@ PRESETS: dict[str, ClipPreset] = {
         image_size=32, vocab_size=512, context_length=48, hard_negatives=1, attribute_loss=1.0,
         eval_images=32, zeroshot_images=16,
     ),
-    # The one-command demo's CLIP on SynthFaces 64px: ~210-230 CPU-seconds for the whole
-    # command (one thread), mean zero-shot attribute accuracy 0.93 (two seeds, docs/clip.md).
+    # The one-command demo's CLIP on SynthFaces 64px: 143 s on 2 idle cores, mean zero-shot
+    # attribute accuracy 0.90 in `make demo` (0.93 on the renderer of docs/clip.md's runs).
     "synth64": ClipPreset(
         model=CLIPConfig(text_width=128, text_layers=2, text_heads=4, image_size=64, stem_stride=2,
                          image_channels=(16, 32, 64, 128), embed_dim=128),
