@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default="data/synthfaces")
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, help="override the preset's steps (changes its LR schedule)")
+    parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
     parser.add_argument("--every", type=int, default=150, help="evaluate every N steps (and at the end)")
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--fd-images", type=int, default=128)
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "time_to_quality", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-        "preset": args.preset, "steps": loop.steps, "batch_size": loop.batch_size, "model": str(model),
+        "preset": args.preset, "train_text_encoder": args.train_text_encoder, "steps": loop.steps,
+        "batch_size": loop.batch_size, "model": str(model),
         "eval": {"prompts": args.eval_prompts, "images_per_prompt": 2, "fd_images": args.fd_images,
                  "note": "reduced t2i eval: noisier than the full report"},
         "points": [],
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
 
     stage = TimedUNetStage(
-        replace(cfg, loop=loop), TextEncoder.from_pretrained(model), cache, vae_dir,
+        replace(cfg, loop=loop, train_text_encoder=True if args.train_text_encoder else None),
+        TextEncoder.from_pretrained(model), cache, vae_dir,
         image_size=int(cache.meta.get("image_size", 64)),
         judge=judge, judge_meta=judge_meta, data=args.data, eval_cfg=eval_cfg, on_point=on_point,
     )

@@ -38,9 +38,12 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
         m.setattr(unet_stage.UNetStage, "training_step", preempted)
         assert main([*argv, "--out", str(resumed)]) != 0
     assert not (resumed / "unet" / "model.safetensors").exists()
+    interrupted = json.loads((resumed / "model_index.json").read_text())["stages"]["unet"]["seconds"]
+    assert interrupted > 0  # the stopped run's time is counted
     assert main([*argv, "--out", str(resumed)]) == 0
     out = capsys.readouterr().out
     assert "resuming from step 11" in out and "vae: up to date" in out
+    assert json.loads((resumed / "model_index.json").read_text())["stages"]["unet"]["seconds"] > interrupted
 
     a, b = (load_tensors(d / "unet" / "model.safetensors") for d in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -131,12 +131,15 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
         start = time.perf_counter()
         code = main(spec.argv)
         seconds = time.perf_counter() - start
+        # Time spent counts even when the stage stopped: "in total" includes interrupted runs.
+        record["seconds"] = round(record.get("seconds", 0.0) + seconds, 1)
+        atomic_write_json(index_path, index)
         if code != 0:
             from t2i.cli import CLIError
 
             raise CLIError(f"stage {spec.name} stopped with exit code {code}; run the same command again "
                            "to resume it")
-        record.update(seconds=round(record.get("seconds", 0.0) + seconds, 1), finished=time.time())
+        record["finished"] = time.time()
         record["metrics"] = _stage_metrics(out_path, spec.name)
         atomic_write_json(index_path, index)
         report["stages"][spec.name] = {"seconds": round(seconds, 1), "status": "trained"}
