@@ -30,7 +30,7 @@ from t2i.eval.report import eval_headline
 from t2i.eval.run import EvalConfig, evaluate
 from t2i.text_encoder import TextEncoder
 from t2i.train.encode import load_vae
-from t2i.train.loop import train
+from t2i.train.loop import add_loop_arguments, loop_config_from_args, train
 from t2i.train.unet import PRESETS, LatentDataset, UNetStage
 
 
@@ -96,15 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="runs/demo", help="model dir with vae/, clip/, tokenizer.json, latents/, judge/")
     parser.add_argument("--data", default="data/synthfaces")
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int, help="override the preset's steps (changes its LR schedule)")
     parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
-    parser.add_argument("--every", type=int, default=150, help="evaluate every N steps (and at the end)")
+    parser.add_argument("--every", type=int, default=150, help="evaluate every N steps and at the end (this replaces --sample-every)")
     parser.add_argument("--eval-prompts", type=int, default=32)
     parser.add_argument("--fd-images", type=int, default=128)
     parser.add_argument("--max-real", type=int, default=1000, help="real test images (ceiling, FD reference)")
     parser.add_argument("--work", default="bench/results/time_to_quality_run", help="scratch model dir (replaced)")
     parser.add_argument("--out", default="bench/results/time_to_quality.json")
     parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing --out")
+    add_loop_arguments(parser)  # --steps, --lr, ... as `t2i train unet` takes them
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.replot:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = Path(args.model)
     cfg = PRESETS[args.preset]
-    loop = replace(cfg.loop, steps=args.steps)
+    loop = loop_config_from_args(cfg.loop, args)
     loop = replace(loop, sample_every=args.every, ckpt_every=loop.steps + 1)
     eval_cfg = EvalConfig(n_prompts=args.eval_prompts, n_per_prompt=2, n_heldout=0, fd_images=args.fd_images,
                           max_real=args.max_real, clip_images=64, min_per_class=2)

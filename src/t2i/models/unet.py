@@ -336,8 +336,8 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         context_dim=128, pooled_dim=128, mlp_mult=2,
     ),
     # 128px CelebA on one GPU: 4x16x16 latents from the f=8 VAE, like the seed, so the same
-    # three levels (16/8/4) with cross-attention at each; 2.7x the seed's widths (80M
-    # parameters) for real faces' variety, which a GPU affords at this latent size.
+    # three levels (16/8/4) with cross-attention at each; twice the seed's widths (80.6M
+    # parameters, 2.7x its count) for real faces' variety, which a GPU affords at this size.
     "celeba128": UNetConfig(
         channels=(128, 256, 512), blocks=2, attention_levels=(0, 1, 2), head_dim=64,
         context_dim=128, pooled_dim=128,
