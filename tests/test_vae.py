@@ -101,6 +101,34 @@ def test_kl_matches_hand_computation():
     assert DiagonalGaussian(torch.zeros(3, 4, 2, 2), torch.zeros(3, 4, 2, 2)).kl().abs().max() == 0
 
 
+
+def test_latent_stats_match_hand_computation_and_samples():
+    from t2i.train.vae import LatentStats
+
+    # Channel 0: posterior means 0 and 2, std 1 -> E[z] = 1, Var[z] = Var[mean] + E[std^2] = 1 + 1.
+    # Channel 1: means 3 and 3, std 0.5 -> E[z] = 3, Var[z] = 0 + 0.25.
+    mean = torch.tensor([[0.0, 3.0], [2.0, 3.0]]).view(2, 2, 1, 1)
+    std = torch.tensor([[1.0, 0.5], [1.0, 0.5]]).view(2, 2, 1, 1)
+    stats = LatentStats(2)
+    stats.update(mean[:1], std[:1])  # in two batches, as over a data loader
+    stats.update(mean[1:], std[1:])
+    mu, sd, mean_var = stats.result()
+    assert mu.tolist() == pytest.approx([1.0, 3.0])
+    assert sd.tolist() == pytest.approx([math.sqrt(2.0), 0.5])
+    assert mean_var.tolist() == pytest.approx([1.0, 0.25])
+
+    # The closed form equals the statistics of actual samples z = mean + std * eps.
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(64, 4, 3, 3, generator=g) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1)
+    std = torch.rand(64, 4, 3, 3, generator=g) + 0.1
+    stats = LatentStats(4)
+    stats.update(mean, std)
+    mu, sd, _ = stats.result()
+    z = mean + std * torch.randn(2000, *mean.shape, generator=g)  # (2000, 64, 4, 3, 3)
+    z = z.transpose(0, 2).reshape(4, -1).double()  # (C, samples)
+    torch.testing.assert_close(mu, z.mean(1), atol=0.02, rtol=0)
+    torch.testing.assert_close(sd, z.std(1), atol=0, rtol=0.01)
+
 def test_adaptive_weight_matches_hand_computation():
     # last layer w (2 values); rec = 3 * sum(w)  -> grad (3, 3), norm 3*sqrt(2)
     #                          gan = w0^2 + w1^2 -> grad (2*w0, 2*w1) = (2, 4), norm sqrt(20)
@@ -221,7 +249,7 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     assert len(vae.config.scale) == 4 and all(s > 0 for s in vae.config.scale)
     assert meta["training"]["image_size"] == 32
     metrics = json.loads((out / "vae" / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["val_images"] > 0
+    assert metrics["steps"] == 3 and metrics["val_images"] > 0 and metrics["metrics_split"] == "val"
     assert 0 < metrics["psnr"] < 60 and -1 <= metrics["ssim"] <= 1
     assert (out / "samples" / "vae" / "final.png").is_file()
     assert [p.name for p in list_checkpoints(out / "checkpoints" / "vae")] == ["step_0000003"]
@@ -244,6 +272,20 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     mu, sd, _ = stats.result()
     assert torch.allclose(mu, torch.zeros(4, dtype=torch.float64), atol=1e-4)
     assert torch.allclose(sd, torch.ones(4, dtype=torch.float64), atol=1e-4)
+
+
+def test_without_a_val_split_metrics_use_training_images(synth_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    partition = data / "list_eval_partition.txt"
+    partition.write_text("".join(f"{line.split()[0]} 0\n" for line in partition.read_text().splitlines()))
+    out = tmp_path / "model"
+    assert _train(data, out, "--steps", "1") == 0
+    assert "metrics use training images" in capsys.readouterr().out
+    metrics = json.loads((out / "vae" / "metrics.json").read_text())
+    assert metrics["metrics_split"] == "train" and metrics["val_images"] > 0 and metrics["psnr"] > 0
 
 
 def test_resume_continues_at_the_right_step(synth_dir, tmp_path):

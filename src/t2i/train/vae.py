@@ -188,9 +188,12 @@ class VAEStage(Stage):
         shift, scale, summary = latent_stats(vae, _batches(self.train_set, stats_idx, ctx.device))
         vae.set_latent_stats(shift, scale, how="posterior_samples")
         metrics = {"latent_stats_images": len(stats_idx), "latent": summary}
-        if self.val_set is not None and len(self.val_set):
-            val_idx = _spread(len(self.val_set), p.val_images)
-            metrics.update(evaluate(vae, _batches(self.val_set, val_idx, ctx.device)))
+        # Without a validation split, PSNR/SSIM are measured on training images (and say so).
+        has_val = self.val_set is not None and len(self.val_set) > 0
+        eval_set = self.val_set if has_val else self.train_set
+        val_idx = _spread(len(eval_set), p.val_images)
+        metrics.update(evaluate(vae, _batches(eval_set, val_idx, ctx.device)),
+                       metrics_split="val" if has_val else "train")
         metrics.update(params=vae.num_params(), eval_seconds=round(time.perf_counter() - t0, 1),
                        image_size=p.image_size, latent_shape=list(vae.latent_shape(p.image_size)))
         out = ctx.out_dir / "vae"
@@ -369,7 +372,10 @@ def _optional_split(data: Path, image_size: int, preload: bool):
     except ValueError as e:
         print(f"[vae] no validation split ({e}); metrics use training images")
         return None
-    return val if len(val) else None
+    if len(val) == 0:
+        print(f"[vae] {data}: the validation split is empty; metrics use training images")
+        return None
+    return val
 
 
 def run(args: argparse.Namespace) -> int:
