@@ -25,9 +25,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # Headless Chromium for the web-demo test (Debian package; no browser download).
+# Without it the browser test fails (it never skips), so a failed install stops here.
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  || echo "warning: could not install chromium; the browser test will fail"
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@test -x /usr/bin/chromium || (echo "error: /usr/bin/chromium is missing; install Debian's chromium package" && false)
 
 demo: install
 	$(BIN)/t2i data synth --out $(DATA) --n $(N) --seed 0

@@ -177,6 +177,13 @@ def test_generate_streams_frames_then_final_images(client, app_model):
     assert "per image" in info and "dpm++2m" in info and "seed 3" in info
 
 
+def test_readme_example_needs_only_the_prompt(client):
+    # README's snippet: every other input has a default, so the API does not require it.
+    outputs = list(client.submit("a bald man with a mustache", api_name="/generate"))
+    preview, gallery, info = outputs[-1]
+    assert len(outputs) > 1 and len(gallery) >= 1 and "per image" in info
+
+
 def test_same_seed_same_images(client):
     a = client.predict(**request(seed=42), api_name="/generate")[1][0]["image"]
     b = client.predict(**request(seed=42), api_name="/generate")[1][0]["image"]

@@ -1,8 +1,11 @@
 """The web demo in a real browser: `t2i serve` as a subprocess, driven by headless Chromium
 (Debian's /usr/bin/chromium through Python playwright; no browser download).
 
-Run with T2I_UPDATE_SCREENSHOT=1 to copy the screenshot to docs/img/app.png, and with
-T2I_APP_MODEL=DIR to use a trained model instead of the tiny one (for a better screenshot).
+The screenshot is kept in artifacts/app_browser.png (git-ignored). Run with
+T2I_UPDATE_SCREENSHOT=1 to also copy it to docs/img/app.png, and with T2I_APP_MODEL=DIR to use
+a trained model instead of the tiny one (for a better screenshot).
+
+A missing Chromium or playwright is a failure, not a skip: `make test` installs both.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_app import start_server, stop_server  # noqa: E402
 from tiny_model import tiny_model_fixture  # noqa: E402
 
-pytest.importorskip("gradio")
-playwright = pytest.importorskip("playwright.sync_api")
+import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: fail, never skip)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "app.png"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_SCREENSHOT = ROOT / "docs" / "img" / "app.png"
+ARTIFACT = ROOT / "artifacts" / "app_browser.png"
 
 # Records every image the preview shows: frames can replace each other faster than a test polls.
 RECORD_PREVIEWS = """() => {
@@ -53,7 +57,7 @@ def browser_model(tmp_path_factory, synth_dir):
 @pytest.fixture(scope="module")
 def app_url(browser_model, tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (make browser)")
+        pytest.fail(f"{CHROMIUM} is not installed: `make browser` installs Debian's chromium")
     log_path = tmp_path_factory.mktemp("serve_browser") / "serve.log"
     proc, url = start_server(browser_model, log_path, "--max-steps", "50", "--max-images", "4")
     yield url
@@ -115,6 +119,8 @@ def test_prompt_generate_previews_then_results(page, tmp_path):
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, ARTIFACT)
     if os.environ.get("T2I_UPDATE_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         _save_small_png(shot, DOCS_SCREENSHOT)

@@ -101,7 +101,8 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                     present = gr.CheckboxGroup(choices(present_names), label="Has", elem_id="t2i-has")
                     absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without",
                                               elem_id="t2i-without")
-                negative = gr.Textbox(label="Negative prompt", lines=1, max_length=limits.max_prompt_chars,
+                # value="": the API then treats the negative prompt as optional (no value = required).
+                negative = gr.Textbox("", label="Negative prompt", lines=1, max_length=limits.max_prompt_chars,
                                       placeholder="what to steer away from, e.g. eyeglasses")
                 with gr.Row():
                     steps = _Slider(1, limits.max_steps, value=min(DEFAULT_STEPS, limits.max_steps), step=1,
