@@ -170,3 +170,49 @@ def test_load_captions_file(tmp_path):
         load_captions_file(p)
     with pytest.raises(FileNotFoundError):
         load_captions_file(tmp_path / "missing.json")
+
+
+def _on(*names) -> np.ndarray:
+    return _vec(**{n: 1 for n in names})
+
+
+# The canonical wording (rng=None) is what evaluation prompts, the app and trained models use:
+# these strings were produced by the code before caption skeletons were added and must not move.
+CANONICAL = [
+    (_on("Male", "Young", "Eyeglasses", "Black_Hair", "Wavy_Hair"), (),
+     "a photo of a young man with wavy black hair and a beard, wearing glasses"),
+    (_on("Young", "No_Beard", "Smiling", "Blond_Hair", "Wearing_Lipstick", "Wearing_Earrings"),
+     ("Eyeglasses", "Wearing_Hat"),
+     "a photo of a young woman with blond hair and a smile, wearing earrings and lipstick, without glasses, "
+     "without a hat"),
+    (_on("Male", "Bald", "Chubby", "Mustache", "Wearing_Necktie", "Blurry", "Mouth_Slightly_Open"), (),
+     "a blurry photo of an old bald chubby man with a slightly open mouth, a mustache and a beard, wearing a necktie"),
+    (_on("Gray_Hair", "Straight_Hair", "No_Beard", "Pale_Skin", "Rosy_Cheeks", "Wearing_Necklace", "Bangs"),
+     ("Smiling",),
+     "a photo of an old woman with straight gray hair, bangs, pale skin and rosy cheeks, wearing a necklace, "
+     "with a serious expression"),
+    (_on("Male", "No_Beard"), ("Mustache", "Smiling"), "a photo of an old man, without a mustache, with a serious expression"),
+]
+
+
+@pytest.mark.parametrize("attrs,negate,expected", CANONICAL)
+def test_canonical_wording_is_pinned(attrs, negate, expected):
+    assert complete_caption(attrs, None, negate=negate) == expected
+
+
+def test_canonical_wording_is_pinned_over_many_vectors():
+    """sha256 of 400 canonical captions (SynthFaces and dense random vectors, 0-2 negatives),
+    computed with the code before caption skeletons were added."""
+    import hashlib
+
+    from t2i.data.captions import negatable_attributes
+
+    rng = np.random.default_rng(123)
+    h = hashlib.sha256()
+    for k in range(400):
+        a = sample_attributes(rng) if k % 2 else np.where(rng.random(40) < 0.3, 1, -1).astype(np.int8)
+        negate = tuple(negatable_attributes(a)[: k % 3])
+        h.update((complete_caption(a, None, negate=negate) + "\n").encode())
+    assert h.hexdigest() == "3c03cdd483187759882f40da935769fd0e3c83c86aaea926d0a778fcaef2cc18"
+    assert complete_caption(_on("Male", "Young", "Eyeglasses", "Smiling"), attributes=("Male", "Smiling")) == \
+        "a photo of a man with a smile"
