@@ -216,3 +216,34 @@ def test_canonical_wording_is_pinned_over_many_vectors():
     assert h.hexdigest() == "3c03cdd483187759882f40da935769fd0e3c83c86aaea926d0a778fcaef2cc18"
     assert complete_caption(_on("Male", "Young", "Eyeglasses", "Smiling"), attributes=("Male", "Smiling")) == \
         "a photo of a man with a smile"
+
+
+def test_every_skeleton_occurs_and_says_the_same():
+    """Sentence, adjective-first and tag-list captions all name exactly the same attributes."""
+    import re
+
+    a = _on("Male", "Young", "Smiling", "Blond_Hair", "Wavy_Hair", "Eyeglasses", "No_Beard")
+    expected = {"Male": True, "Young": True, "Smiling": True, "Blond_Hair": True, "Wavy_Hair": True,
+                "Eyeglasses": True, "Mustache": False}
+    kinds = {"sentence": 0, "adjective": 0, "tags": 0}
+    for k in range(60):
+        c = complete_caption(a, random.Random(k), negate=["Mustache"])
+        assert caption_mentions(c) == expected, c
+        found = [kind for kind, pattern in (("sentence", r"\bsmile\b"), ("adjective", r"\ban? smiling\b"),
+                                            ("tags", r"(^|, )smiling(,|$)")) if re.search(pattern, c)]
+        assert len(found) == 1, (c, found)
+        kinds[found[0]] += 1
+        if found[0] == "tags":
+            assert " with " not in c and "wearing" not in c and not c.startswith(("a ", "an ")), c
+    assert all(n >= 8 for n in kinds.values()), kinds  # expected 30/15/15
+
+
+def test_parser_reads_adjective_and_tag_wording():
+    assert caption_mentions("a smiling young woman with blond hair wearing glasses") == {
+        "Smiling": True, "Young": True, "Male": False, "Blond_Hair": True, "Eyeglasses": True}
+    assert caption_mentions("blond woman, smiling, eyeglasses") == {
+        "Blond_Hair": True, "Male": False, "Smiling": True, "Eyeglasses": True}
+    assert caption_mentions("old gray-haired man, beard, hat, closed mouth, no glasses") == {
+        "Young": False, "Gray_Hair": True, "Male": True, "No_Beard": False, "Wearing_Hat": True,
+        "Mouth_Slightly_Open": False, "Eyeglasses": False}
+    assert caption_mentions("a black-haired guy, not smiling") == {"Black_Hair": True, "Male": True, "Smiling": False}

@@ -46,13 +46,18 @@ class Phrases:
     neg: tuple[str, ...] = ()  # phrases asserting the other value
     salient: bool = True  # which value is "present" (False only for No_Beard)
     neg_parse: tuple[str, ...] = field(default=())  # extra phrases the parser reads as negative
+    adj: tuple[str, ...] = ()  # said before the noun in the adjective/tag skeletons ("smiling")
+
+
+def _bare(phrase: str) -> str:
+    """Without its article: "a hat" -> "hat" (tag captions drop articles)."""
+    return re.sub(r"^(a|an) ", "", phrase)
 
 
 def _with_neg(*nouns: str) -> tuple[str, ...]:
     out = []
     for n in nouns:
-        bare = re.sub(r"^(a|an) ", "", n)
-        out += [f"without {n}", f"no {bare}"]
+        out += [f"without {n}", f"no {_bare(n)}"]
     return tuple(out)
 
 
@@ -63,13 +68,15 @@ VOCAB: dict[str, Phrases] = {
     "Chubby": Phrases("adj", ("chubby", "plump"), ("a slim face",), neg_parse=("not chubby",)),
     "Smiling": Phrases("with", ("a smile", "a big smile", "a happy smile"),
                        ("a serious expression", "a neutral expression", "no smile"),
-                       neg_parse=("not smiling", "without a smile")),
+                       neg_parse=("not smiling", "without a smile"), adj=("smiling",)),
     "Mouth_Slightly_Open": Phrases("with", ("a slightly open mouth", "an open mouth", "parted lips"),
                                    ("a closed mouth", "closed lips")),
-    "Black_Hair": Phrases("hair", ("black", "jet-black"), ("no black hair",)),
-    "Blond_Hair": Phrases("hair", ("blond", "blonde", "golden"), ("no blond hair",)),
-    "Brown_Hair": Phrases("hair", ("brown", "chestnut"), ("no brown hair",)),
-    "Gray_Hair": Phrases("hair", ("gray", "grey", "silver"), ("no gray hair",)),
+    # Hair colours before the noun say "-haired" ("a black woman" would name skin, not hair).
+    "Black_Hair": Phrases("hair", ("black", "jet-black"), ("no black hair",), adj=("black-haired",)),
+    "Blond_Hair": Phrases("hair", ("blond", "blonde", "golden"), ("no blond hair",), adj=("blond", "blond-haired")),
+    "Brown_Hair": Phrases("hair", ("brown", "chestnut"), ("no brown hair",), adj=("brown-haired",)),
+    "Gray_Hair": Phrases("hair", ("gray", "grey", "silver"), ("no gray hair",),
+                         adj=("gray-haired", "grey-haired", "silver-haired")),
     "Wavy_Hair": Phrases("hair", ("wavy",), ("no wavy hair",)),
     "Straight_Hair": Phrases("hair", ("straight",), ("no straight hair",)),
     "Bangs": Phrases("with", ("bangs", "a fringe"), _with_neg("bangs", "a fringe")),
@@ -106,6 +113,7 @@ assert set(VOCAB) | UNCAPTIONED == set(CELEBA_ATTRIBUTES)
 CAPTIONED_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a in VOCAB)
 
 _PREFIXES = ("", "a photo of ", "a portrait of ", "a close-up of ", "a picture of ", "an image of ")
+_SKELETONS = ("sentence", "sentence", "adjective", "tags")  # drawn uniformly: half are sentences
 
 
 def __getattr__(name: str):
@@ -179,7 +187,12 @@ def _negative_phrase(a: str, rng) -> str:
 
 def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random | None) -> str:
     """Build one caption that asserts exactly `mentions` (salient values and two-sided ones)
-    plus the explicit negatives in `negate`."""
+    plus the explicit negatives in `negate`. With an rng, one of three skeletons is drawn:
+      sentence   "a photo of a young woman with blond hair and a smile, wearing glasses"
+      adjective  "a smiling young blond woman with wavy hair wearing glasses"
+      tags       "young blond woman, smiling, wavy hair, glasses"
+    `rng=None` is always the sentence skeleton with the first phrase of each attribute."""
+    skeleton = "sentence" if rng is None else rng.choice(_SKELETONS)
     m = dict(mentions)
     adjs, withs, wears = [], [], []
     # Subject: sex noun (or "person"), with age and bald/chubby adjectives in front.
@@ -187,11 +200,18 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
         noun = _pick(rng, VOCAB["Male"].pos if m.pop("Male") else VOCAB["Male"].neg)
     else:
         noun = "person"
+    if skeleton != "sentence" and m.pop("Smiling", False):
+        # "a smiling woman"; a tag list says "smiling" as a tag of its own.
+        (adjs if skeleton == "adjective" else withs).append(_pick(rng, VOCAB["Smiling"].adj))
     if "Young" in m:
         adjs.append(_pick(rng, VOCAB["Young"].pos if m.pop("Young") else VOCAB["Young"].neg))
     for a in ("Bald", "Chubby"):
         if m.pop(a, False):
             adjs.append(_pick(rng, VOCAB[a].pos))
+    colours = [a for a in HAIR_COLOUR if m.get(a)]
+    if skeleton != "sentence" and len(colours) == 1:  # "a blond woman"
+        adjs.append(_pick(rng, VOCAB[colours[0]].adj))
+        m.pop(colours[0])
     # Hair: "wavy blond hair"
     hair_words = [_pick(rng, VOCAB[a].pos) for a in HAIR_TEXTURE + HAIR_COLOUR if m.pop(a, False)]
     if hair_words:
@@ -208,6 +228,10 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
         rng.shuffle(wears)
     negs = [_negative_phrase(a, rng) for a in negate]
 
+    if skeleton == "tags":  # no articles, no "with"/"wearing": "blurry photo, old man, beard, glasses"
+        tags = [" ".join(photo) + " photo"] if photo else []
+        tags += [" ".join(adjs + [noun])] + [_bare(p) for p in withs + wears]
+        return ", ".join(tags + [_bare(p.removeprefix("with ")) for p in negs])
     article_words = " ".join(adjs + [noun])
     article = "an" if article_words[0] in "aeiou" else "a"
     subject = f"{article} {article_words}"
@@ -222,8 +246,8 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
     if rng is not None and len(parts) > 1 and rng.random() < 0.5:
         parts[0], parts[1] = parts[1], parts[0]
     text = prefix + subject
-    if parts:
-        text += " " + ", ".join(parts)
+    if parts:  # the adjective skeleton runs on without commas, as people type
+        text += " " + (", " if skeleton == "sentence" else " ").join(parts)
     return ", ".join([text] + negs)
 
 
@@ -297,11 +321,14 @@ def captions_for(attrs, rng: random.Random, n: int = 5, attributes=None) -> list
 
 def _build_patterns() -> list[tuple[re.Pattern, str, bool]]:
     entries = []
+    seen: dict[str, tuple[str, bool]] = {}
     for a, v in VOCAB.items():
-        for p in v.pos:
-            entries.append((p, a, v.salient))
-        for p in v.neg + v.neg_parse:
-            entries.append((p, a, not v.salient))
+        # Tag captions drop articles, so "hat" and "closed mouth" are read as well.
+        for phrases, val in ((v.pos + v.adj, v.salient), (v.neg + v.neg_parse, not v.salient)):
+            for p in dict.fromkeys(phrases + tuple(_bare(q) for q in phrases)):
+                if seen.setdefault(p, (a, val)) != (a, val):
+                    raise AssertionError(f"phrase {p!r} is ambiguous: {seen[p]} and {(a, val)}")
+                entries.append((p, a, val))
     entries.sort(key=lambda e: -len(e[0]))  # longest first: "no mustache" before "mustache"
     return [(re.compile(r"(?<![\w-])" + re.escape(p) + r"(?![\w-])"), a, val) for p, a, val in entries]
 
