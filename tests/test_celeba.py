@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -243,6 +244,24 @@ def test_missing_and_corrupt_images_are_skipped(synth_dir, tmp_path):
         assert pre[5] is None
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate_skip_none)
     assert sum(b["image"].shape[0] for b in loader) == N - 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skipped_images_are_counted_across_dataloader_workers(synth_dir, tmp_path, capfd, monkeypatch, workers):
+    """Workers are separate processes: their skips must reach `ds.skipped` in this one, and
+    the warning is printed once, not once per worker."""
+    # pytest records warnings in a list, which a worker's copy would keep to itself: print them.
+    monkeypatch.setattr(warnings, "showwarning", lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr))
+    root = make_official(synth_dir, tmp_path / "holes", quirks=False)
+    ds = FaceDataset(root, split="all")
+    for j in (2, 5, 7):  # one hole in the first batch of 4, two in the second
+        (root / "img_align_celeba" / ds.image_ids[j]).unlink()
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_skip_none)
+    assert sum(b["image"].shape[0] for b in loader) == N - 3
+    assert ds.skipped == 3 and ds.summary()["skipped"] == 3
+    warned = capfd.readouterr().err.count("skipping unreadable image")
+    assert warned == 1 if workers == 1 else 1 <= warned <= workers  # two workers may race to the flag
+    assert list(loader) and ds.skipped == 3  # a second epoch counts distinct images, not events
 
 
 def test_all_images_missing_is_an_error(synth_dir, tmp_path):

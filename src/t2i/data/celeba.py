@@ -10,8 +10,8 @@ Layouts recognised under `root` (checked in this order):
 
 Text files tolerate a UTF-8 BOM, CRLF line ends, runs of spaces and trailing spaces. Bad
 annotations raise ValueError/FileNotFoundError naming the file and line; an image that is
-missing or unreadable at load time yields `None` (counted in `dataset.skipped`, warned once),
-which `collate_skip_none` drops.
+missing or unreadable at load time yields `None` (counted in `dataset.skipped`, also when
+DataLoader workers load it, and warned once), which `collate_skip_none` drops.
 """
 
 from __future__ import annotations
@@ -349,8 +349,10 @@ class FaceDataset(torch.utils.data.Dataset):
         self.split_counts = ({s: int((ann.partition == k).sum()) for s, k in SPLITS.items()}
                              if ann.partition is not None else {"all": len(ann.image_ids)})
         self.captions = self._load_captions(ann, keep, captions, caption_seed)
-        self._bad: set[int] = set()
-        self._warned = False
+        # Bad-image marks and the warned-once flag live in shared memory: DataLoader workers
+        # (forked or spawned) write to the same pages, so `skipped` counts in the main process too.
+        self._bad = torch.zeros(len(self.image_ids), dtype=torch.bool).share_memory_()
+        self._warned = torch.zeros(1, dtype=torch.bool).share_memory_()
         self.pixels: torch.Tensor | None = None
         self._valid: np.ndarray | None = None
         if len(self.image_ids) and not any((self.image_dir / i).is_file() for i in self.image_ids[:20]):
@@ -433,7 +435,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def _store(self, arr, valid, j, img) -> None:
         if img is None:
             valid[j] = False
-            self._bad.add(j)
+            self._bad[j] = True
         else:
             arr[j] = img.transpose(2, 0, 1)
 
@@ -441,21 +443,22 @@ class FaceDataset(torch.utils.data.Dataset):
         self.pixels = torch.from_numpy(arr)
         self._valid = valid
         if valid is not None:
-            self._bad |= set(np.nonzero(~valid)[0].tolist())
+            self._bad[torch.from_numpy(~valid)] = True
 
     # -- access
     @property
     def skipped(self) -> int:
-        """Images found missing or unreadable so far (in this process)."""
-        return len(self._bad)
+        """Distinct images found missing or unreadable so far, by this process or its
+        DataLoader workers."""
+        return int(self._bad.sum())
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def _skip(self, i: int, why: str):
-        self._bad.add(i)
-        if not self._warned:
-            self._warned = True
+        self._bad[i] = True
+        if not self._warned[0]:
+            self._warned[0] = True
             warnings.warn(f"skipping unreadable image {self.image_dir / self.image_ids[i]} ({why}); "
                           f"further bad images are skipped silently and counted in dataset.skipped", stacklevel=3)
         return None
