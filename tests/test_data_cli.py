@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from t2i.cli import main
@@ -33,6 +34,18 @@ def test_data_synth_captions_show(tmp_path, capsys):
     with Image.open(grid) as im:
         w, h = im.size
     assert w > 3 * 128 and h > 2 * 128  # 6 tiles at 2x with caption text under each
+
+    # listed images missing on disk are counted over the whole split, not only the ones read
+    for name in ("000004.jpg", "000017.jpg"):
+        (out / "img_align_celeba" / name).unlink()
+    assert main(["data", "show", "--data", str(out), "--out", str(grid), "--split", "all", "--n", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "missing     2 of the 24 listed image(s)" in printed
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert main(["data", "show", "--data", str(out), "--out", str(grid), "--split", "all", "--n", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped     2 unreadable/missing image(s) among the 24 read" in printed
+    assert "wrote " + str(grid) + " (22 samples)" in printed
 
 
 def test_data_synth_size_option(tmp_path):

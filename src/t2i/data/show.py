@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         caps.append(sample["caption"])
         if len(images) == args.n:
             break
-    print(f"  skipped     {ds.skipped} unreadable/missing image(s) among those read")
+    print(f"  missing     {ds.count_missing()} of the {len(ds)} listed image(s) not on disk")
+    print(f"  skipped     {ds.skipped} unreadable/missing image(s) among the {len(images) + ds.skipped} read")
     if not images:
         raise ValueError(f"{args.data}: no readable images in split {args.split!r}")
     out = Path(args.out)
