@@ -53,13 +53,18 @@ def make_official(synth_dir: Path, root: Path, quirks: bool = True) -> Path:
     return root
 
 
-def make_kaggle(synth_dir: Path, root: Path) -> Path:
+def make_kaggle(synth_dir: Path, root: Path, quirks: bool = True) -> Path:
+    """Kaggle layout; with quirks: BOM, CRLF, ", " and ",  " separators and trailing spaces."""
     ids, rows = _official_rows(synth_dir)
     _copy_images(synth_dir, root / "img_align_celeba" / "img_align_celeba", ids)
-    lines = ["image_id," + ",".join(CELEBA_ATTRIBUTES)] + [i + "," + ",".join(str(v) for v in r) for i, r in zip(ids, rows)]
-    (root / "list_attr_celeba.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    nl, sep, end = ("\r\n", ", ", "  ") if quirks else ("\n", ",", "")
+    bom = "\ufeff" if quirks else ""
+    lines = ["image_id" + sep + sep.join(CELEBA_ATTRIBUTES)]
+    lines += [i + sep + sep.join(f"{v:2d}" if quirks else str(v) for v in r) for i, r in zip(ids, rows)]
+    (root / "list_attr_celeba.csv").write_bytes((bom + "".join(ln + end + nl for ln in lines)).encode())
     parts = _parts(synth_dir)
-    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{i},{p}\n" for i, p in zip(ids, parts)))
+    text = bom + f"image_id{sep}partition{end}{nl}" + "".join(f"{i}{sep}{p}{end}{nl}" for i, p in zip(ids, parts))
+    (root / "list_eval_partition.csv").write_bytes(text.encode())
     return root
 
 
@@ -82,7 +87,10 @@ def test_all_layouts_read_the_same_attributes(synth_dir, tmp_path):
         "torchvision": tmp_path / "tv",
         "kaggle": make_kaggle(synth_dir, tmp_path / "kaggle"),
     }
-    make_official(synth_dir, tmp_path / "tv" / "celeba", quirks=False)
+    make_official(synth_dir, tmp_path / "tv" / "celeba")
+    for name in ("list_attr_celeba.txt", "list_attr_celeba.csv", "list_eval_partition.csv"):
+        raw = (tmp_path / ("kaggle" if name.endswith(".csv") else "tv/celeba") / name).read_bytes()
+        assert raw.startswith(b"\xef\xbb\xbf") and b" \r\n" in raw, name  # the quirks are really there
     for layout, root in roots.items():
         ds = FaceDataset(root, split="all")
         assert ds.layout == layout
