@@ -303,6 +303,31 @@ def test_metadata_paths_cannot_escape_root(synth_dir, tmp_path, name, match):
         FaceDataset(root)
 
 
+def test_annotation_files_linked_from_outside_the_root_are_refused(synth_dir, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    # captions.json: a link to a file inside the root is fine, one pointing out is refused
+    root = make_official(synth_dir, tmp_path / "caps", quirks=False)
+    ids, _ = _official_rows(synth_dir)
+    (root / "v1").mkdir()
+    (root / "v1" / "caps.json").write_text(json.dumps({i: [f"inside {i}"] for i in ids}))
+    (outside / "caps.json").write_text(json.dumps({i: [f"outside {i}"] for i in ids}))
+    (root / "captions.json").symlink_to(root / "v1" / "caps.json")
+    assert FaceDataset(root, split="all")[0]["caption"] == f"inside {ids[0]}"
+    (root / "captions.json").unlink()
+    (root / "captions.json").symlink_to(outside / "caps.json")
+    with pytest.raises(ValueError, match=r"captions.json: file 'captions.json' points outside the dataset root"):
+        FaceDataset(root, split="all")
+    # passed explicitly, a captions file may live anywhere
+    assert FaceDataset(root, split="all", captions=outside / "caps.json")[0]["caption"] == f"outside {ids[0]}"
+    # metadata.jsonl itself
+    folder = make_imagefolder(synth_dir, tmp_path / "folder")
+    shutil.move(folder / "metadata.jsonl", outside / "metadata.jsonl")
+    (folder / "metadata.jsonl").symlink_to(outside / "metadata.jsonl")
+    with pytest.raises(ValueError, match=r"metadata.jsonl: file 'metadata.jsonl' points outside the dataset root"):
+        FaceDataset(folder)
+
+
 def test_metadata_bad_lines(synth_dir, tmp_path):
     root = make_imagefolder(synth_dir, tmp_path / "folder")
     meta = root / "metadata.jsonl"

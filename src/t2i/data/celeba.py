@@ -154,19 +154,20 @@ def read_partition(path: Path, csv: bool) -> dict[str, int]:
     return out
 
 
-def _inside(root: Path, rel: str, where: str) -> str:
+def _inside(root: Path, rel: str, where: str, what: str = "file_name") -> str:
     """Reject file names that escape `root` (../, absolute paths, symlinks pointing out)."""
     if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel.split("/")[0]:
-        raise ValueError(f"{where}: file_name {rel!r} must be a relative path inside {root}")
+        raise ValueError(f"{where}: {what} {rel!r} must be a relative path inside {root}")
     real_root = root.resolve()
     target = (root / rel).resolve()
     if target != real_root and real_root not in target.parents:
-        raise ValueError(f"{where}: file_name {rel!r} points outside the dataset root {root}")
+        raise ValueError(f"{where}: {what} {rel!r} points outside the dataset root {root} (to {target})")
     return rel
 
 
 def read_metadata_jsonl(root: Path) -> tuple[list[str], list[list[str]], np.ndarray, bool]:
     path = root / "metadata.jsonl"
+    _inside(root, path.name, str(path), what="file")  # a symlink out would read someone else's list
     ids, texts, rows = [], [], []
     any_attr = False
     for lineno, line in enumerate(_read_lines(path), start=1):
@@ -365,8 +366,10 @@ class FaceDataset(torch.utils.data.Dataset):
     def _load_captions(self, ann: Annotations, keep, captions, seed):
         from t2i.data.captions import load_captions_file
 
-        if captions is None and (ann.root / "captions.json").is_file():
-            captions = ann.root / "captions.json"
+        default = ann.root / "captions.json"
+        if captions is None and default.is_file():
+            _inside(ann.root, default.name, str(default), what="file")  # an explicit `captions` may be anywhere
+            captions = default
         if captions is not None:
             table = load_captions_file(captions, self.image_ids)
             return [table[i] for i in self.image_ids]
