@@ -1,6 +1,7 @@
 """The shared training loop on a toy stage: resume exactness, NaN skipping, data order,
 signals, corrupt checkpoints."""
 
+import functools
 import json
 import os
 import signal
@@ -137,3 +138,128 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(9, c) == pytest.approx(1.0)
     assert lr_at(55, c) == pytest.approx(0.55)
     assert lr_at(100, c) == pytest.approx(0.1)
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    train(ToyStage(), ToyData(), cfg(ckpt_every=2, steps=8, keep_last=2), tmp_path)
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints" / "toy")]
+    assert names == ["step_0000006", "step_0000008"]  # 2 and 4 were written, then pruned
+
+
+def test_compiled_modules_resume_and_save_plain_weights(tmp_path, monkeypatch):
+    """--compile wraps modules in torch.compile's OptimizedModule; checkpoints and saved weights
+    must hold the plain module's keys (no `_orig_mod.` prefix) so resume and loading work. The
+    "eager" backend keeps the same wrapper without the minute of C++ compilation, and runs the
+    same kernels, so the interrupted + resumed compiled run equals an uncompiled one bitwise."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    straight = ToyStage()
+    train(straight, ToyData(), cfg(ema_decay=0.0), tmp_path / "plain")
+    with pytest.raises(TrainingInterrupted):
+        train(ToyStage(signal_at=4), ToyData(), cfg(ema_decay=0.0, compile=True), tmp_path / "compiled")
+    ckpt = list_checkpoints(tmp_path / "compiled" / "checkpoints" / "toy")[-1]
+    keys = json.loads((ckpt / "state.json").read_text())["state"]["models"]["net"]
+    assert sorted(keys) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    resumed = ToyStage()
+    metrics = train(resumed, ToyData(), cfg(ema_decay=0.0, compile=True), tmp_path / "compiled")
+    assert metrics["resumed_from"] == 5
+    assert resumed.final.keys() == straight.final.keys()  # what `finish` saves loads into the plain net
+    nn.Sequential(nn.Linear(8, 16), nn.SiLU(), nn.Linear(16, 1)).load_state_dict(resumed.final)
+    for k in straight.final:
+        assert torch.equal(resumed.final[k], straight.final[k]), k
+
+
+class NanMicroStage(ToyStage):
+    """A NaN on the first micro-batch of step 2 (of 2); records the data each micro-batch saw."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen = {}
+
+    def training_step(self, batch, ctx):
+        self.seen[(ctx.step, ctx._micro)] = batch["seed"][0].item()
+        out = super().training_step(batch, ctx)
+        if (ctx.step, ctx._micro) == (2, 0):
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_nan_with_grad_accum_keeps_the_data_position(tmp_path):
+    """A skipped step still consumes all its micro-batches: step s reads global micro-batches
+    s*grad_accum.., so a resumed run (which starts reading there) matches a straight one."""
+    c = cfg(grad_accum=2)
+    straight = NanMicroStage()
+    assert train(straight, ToyData(), c, tmp_path / "a")["skipped_steps"] == 1
+    G = c.batch_size  # one process
+    for (step, micro), first_seed in straight.seen.items():
+        assert first_seed == (c.seed * 1_000_003 + (step * c.grad_accum + micro) * G) % 2**31, (step, micro)
+    with pytest.raises(TrainingInterrupted):
+        train(NanMicroStage(signal_at=4), ToyData(), c, tmp_path / "b")
+    resumed = NanMicroStage()
+    train(resumed, ToyData(), c, tmp_path / "b")
+    for k in straight.final:
+        assert torch.equal(straight.final[k], resumed.final[k]), k
+
+
+class TwoNets(ToyStage):
+    """Two modules with their own optimizers sharing one loss scaler (like VAE + discriminator).
+    At `overflow_at`, net "b"'s scaled gradients overflow while its loss stays finite."""
+
+    def __init__(self, overflow_at=(), **kw):
+        super().__init__(**kw)
+        self.overflow_at, self.scales = set(overflow_at), {}
+
+    def build(self):
+        torch.manual_seed(1)
+        return {"a": nn.Linear(8, 1), "b": nn.Linear(8, 1)}
+
+    def training_step(self, batch, ctx):
+        if ctx.step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.scales[ctx.step] = ctx.accelerator.scaler.get_scale()
+        la = (ctx.models["a"](batch["x"]) - batch["y"]).pow(2).mean()
+        lb = (ctx.models["b"](batch["x"]) - batch["y"]).pow(2).mean()
+        k = 1e34 if ctx.step in self.overflow_at else 1.0  # finite loss; x 2^16 overflows fp32
+        return StepOutput(la + lb * k)
+
+    def finish(self, ctx):
+        self.final = {f"{n}.{k}": v.clone() for n in ("a", "b") for k, v in ctx.unwrap(n).state_dict().items()}
+        return {}
+
+
+@pytest.fixture
+def cpu_loss_scaler(monkeypatch):
+    """Accelerate creates its fp16 GradScaler on GPUs only; give the CPU accelerator a real
+    torch.amp.GradScaler("cpu") so the loop's scaler path (unscale, clip, step, update,
+    checkpointing its state) runs here. Autocast stays fp32: loss scaling alone is exercised."""
+    from t2i.train import loop
+
+    real = loop.make_accelerator
+
+    def with_scaler(mixed_precision="auto"):
+        accelerator = real("no")
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        return accelerator
+
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
+
+
+def test_loss_scaler_overflow_two_optimizers(tmp_path, cpu_loss_scaler):
+    stage = TwoNets(overflow_at={1})
+    metrics = train(stage, ToyData(), cfg(), tmp_path)
+    assert metrics["skipped_steps"] == 1  # one overflow = one skipped step, not one per optimizer
+    assert stage.scales[1] == 2.0**16 and stage.scales[2] == 2.0**15  # the scale halved once
+    assert all(torch.isfinite(v).all() for v in stage.final.values())
+
+
+def test_loss_scaler_state_is_checkpointed(tmp_path, cpu_loss_scaler):
+    """The scale lowered by an overflow before the interruption is the scale after resume."""
+    straight = TwoNets(overflow_at={1})
+    train(straight, ToyData(), cfg(), tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        train(TwoNets(overflow_at={1}, signal_at=4), ToyData(), cfg(), tmp_path / "b")
+    resumed = TwoNets(overflow_at={1})
+    train(resumed, ToyData(), cfg(), tmp_path / "b")
+    assert resumed.scales == {s: straight.scales[s] for s in range(5, 8)}
+    assert resumed.scales[5] == 2.0**15
+    for k in straight.final:
+        assert torch.equal(straight.final[k], resumed.final[k]), k

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import json
 import math
 import signal
@@ -31,6 +32,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from t2i.checkpoint import atomic_write_json, load_latest_training_state, save_training_state
 from t2i.config import config_to_dict, replace
+
+# Rank 0 alone renders sample grids, saves components and runs a stage's `finish` (which may
+# evaluate) while the other ranks wait at a barrier; an encode before multi-process UNet
+# training is also done by rank 0 alone. NCCL's default timeout (10 minutes) would kill such a
+# wait, so the process group is created with a generous one. The price: a rank that really hangs
+# is only detected after this long.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass
@@ -209,7 +217,9 @@ class Context:
         self._draw = 0
 
     def unwrap(self, name: str) -> nn.Module:
-        return self.accelerator.unwrap_model(self.models[name])
+        """The trained module itself, without DDP and without torch.compile's wrapper (whose
+        state_dict keys carry an `_orig_mod.` prefix that a plain module cannot load)."""
+        return unwrap_module(self.accelerator, self.models[name])
 
     def ema(self, name: str) -> nn.Module:
         """The EMA copy of a module (the raw module when EMA is off)."""
@@ -237,10 +247,31 @@ class Context:
         return self._local(torch.randint(low, high, (b * self.world_size,), generator=self._generator()), b)
 
 
+def unwrap_module(accelerator, module: nn.Module) -> nn.Module:
+    """`module` as built by the stage: DDP and torch.compile wrappers removed. Accelerate's
+    `keep_torch_compile=False` only strips a compiled wrapper at the top, but the loop compiles
+    first and Accelerate wraps DDP around the compiled module, so strip what is left too."""
+    module = accelerator.unwrap_model(module, keep_torch_compile=False)
+    while isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
+def distributed_state():
+    """Accelerate's process-wide state. Under torchrun / `accelerate launch` the first call joins
+    the process group (gloo on CPU, NCCL on GPU) with `PROCESS_GROUP_TIMEOUT`; later calls and
+    `make_accelerator` reuse it. Use it for work one rank must do before training starts:
+    `with distributed_state().main_process_first(): ...`."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
 def make_accelerator(mixed_precision: str = "auto"):
     """An Accelerator for this process (CPU when no GPU; gloo under torchrun on CPU)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
     use_cpu = not torch.cuda.is_available()
     if mixed_precision == "auto":
@@ -251,7 +282,8 @@ def make_accelerator(mixed_precision: str = "auto"):
     # Several stages may train in one process (`t2i train all`, tests): Accelerate keeps a
     # process-wide state that refuses a new precision unless reset.
     AcceleratorState._reset_state()
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision,
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -293,6 +325,11 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
             if name in emas:
                 emas[name].model.load_state_dict(state["ema"][name])
         torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and "cuda" in state["rng"]:
+            # This device's generator (every rank's advanced in step with rank 0's, which saved it).
+            torch.cuda.set_rng_state(state["rng"]["cuda"], accelerator.device)
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
         _warn_config_change(state.get("loop_config", {}), cfg, accelerator)
         accelerator.print(f"[{stage.name}] resuming from step {start_step} ({ckpt_root})")
 
@@ -333,9 +370,11 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
                 "models": {n: ctx.unwrap(n).state_dict() for n in names},
                 "optimizers": {n: opts[n].state_dict() for n in names},
                 "ema": {n: e.model.state_dict() for n, e in emas.items()},
-                "rng": {"torch": torch.get_rng_state()},
+                "rng": _rng_state(accelerator),
                 "loop_config": config_to_dict(cfg),
             }
+            if accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
+                state["scaler"] = accelerator.scaler.state_dict()
             path = save_training_state(ckpt_root, step, state, keep_last=cfg.keep_last)
         accelerator.wait_for_everyone()
         return path
@@ -380,15 +419,16 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
                         break
                     accelerator.backward(out.loss / cfg.grad_accum)
                 logs = out.logs
+            if not step_ok:
+                # Take the skipped step's remaining micro-batches too: the data position stays
+                # step x grad_accum, which is where a resumed run starts reading.
+                for _ in range(micro + 1, cfg.grad_accum):
+                    next(batches)
             if step_ok:
-                if cfg.grad_clip > 0:
-                    for n in names:
-                        norm = accelerator.clip_grad_norm_(ctx.models[n].parameters(), cfg.grad_clip)
-                        logs[f"grad_norm/{n}"] = norm
-                for n in names:
-                    opts[n].step()
-                    if accelerator.optimizer_step_was_skipped:  # fp16 loss scaler overflow
-                        skipped_total += 1
+                overflow, norms = _step_optimizers(accelerator, ctx.models, opts, cfg.grad_clip)
+                logs.update({f"grad_norm/{n}": v for n, v in norms.items()})
+                if overflow:  # fp16 loss scaler: the update was skipped and the scale lowered
+                    skipped_total += 1
                 for n, ema in emas.items():
                     ema.update(ctx.unwrap(n), step)
                 bad_in_a_row = 0
@@ -463,6 +503,49 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
         jsonl.close()
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _step_optimizers(accelerator, models: dict[str, nn.Module], opts: dict, grad_clip: float
+                     ) -> tuple[bool, dict[str, torch.Tensor]]:
+    """Clip and step every optimizer once; returns (the fp16 loss scaler skipped the step, the
+    gradient norm of each module before clipping).
+
+    With a loss scaler this is PyTorch's AMP recipe for several optimizers sharing one scaler:
+    unscale each optimizer once, clip, `scaler.step` each, `scaler.update()` once. Accelerate's
+    optimizer wrapper calls `update()` after every optimizer and its `clip_grad_norm_` unscales
+    all of them each call, so with two modules (VAE + discriminator, UNet + text encoder) the
+    second clip raised and the second optimizer's gradients were unscaled with a scale they had
+    not been multiplied by; one overflow also counted as two skipped steps."""
+    norms: dict[str, torch.Tensor] = {}
+    scaler = accelerator.scaler
+    if scaler is None:
+        if grad_clip > 0:
+            for n, m in models.items():
+                norms[n] = accelerator.clip_grad_norm_(m.parameters(), grad_clip)
+        for opt in opts.values():
+            opt.step()
+        return False, norms
+    inner = {n: getattr(o, "optimizer", o) for n, o in opts.items()}  # past AcceleratedOptimizer
+    for opt in inner.values():
+        scaler.unscale_(opt)
+    if grad_clip > 0:  # after unscaling, so the threshold applies to the true gradients
+        for n, m in models.items():
+            norms[n] = torch.nn.utils.clip_grad_norm_(m.parameters(), grad_clip)
+    scale = scaler.get_scale()
+    for opt in inner.values():
+        scaler.step(opt)  # skips this optimizer if its gradients hold inf/NaN
+    scaler.update()  # lowers the scale once if any optimizer overflowed
+    return scaler.get_scale() < scale, norms
+
+
+def _rng_state(accelerator) -> dict[str, torch.Tensor]:
+    """The global generators a stage may draw from (dropout, augmentations): CPU, and on GPU this
+    rank's device. Rank 0's states stand for every rank's: all ranks are seeded alike and draw
+    the same amounts, so their generators advance in step."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(accelerator.device)
+    return state
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
