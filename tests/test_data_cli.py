@@ -61,3 +61,24 @@ def test_data_commands_report_user_errors(tmp_path, capsys):
     assert main(["data", "show", "--data", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["data", "captions", "--data", str(tmp_path / "missing")]) == 2
+
+
+def test_captioned_grid_shows_long_captions_whole():
+    import numpy as np
+
+    from t2i.data.captions import MAX_WORDS
+    from t2i.data.show import _font, captioned_grid, wrap_to_width
+
+    long = ("a picture of a youthful gentleman with a smile, a slightly open mouth and wavy black hair, "
+            "wearing a hat and spectacles, no rosy cheeks, without a necklace")
+    assert len(long.split()) <= MAX_WORDS
+    font = _font(11)
+    lines = wrap_to_width(long, font, 128)
+    assert " ".join(lines) == long and len(lines) > 5  # nothing lost; more than the old 5-line cell
+    assert all(font.getlength(ln) <= 128 for ln in lines)
+    img = np.full((64, 64, 3), 255, dtype=np.uint8)
+    grid = np.asarray(captioned_grid([img, img], ["short", long], cols=2).convert("L"))
+    th, line_h = 128, 14
+    last = grid[6 + th + 3 + (len(lines) - 1) * line_h: 6 + th + 3 + len(lines) * line_h]
+    assert (last < 128).any()  # the last line is drawn inside the cell
+    assert grid.shape[0] >= 6 + th + 6 + len(lines) * line_h
