@@ -35,6 +35,17 @@ def test_data_synth_captions_show(tmp_path, capsys):
         w, h = im.size
     assert w > 3 * 128 and h > 2 * 128  # 6 tiles at 2x with caption text under each
 
+    assert f"captions    {out / 'captions.json'}" in printed
+    # a user's captions file (same shape) is shown instead; one that misses images is an error
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({k: [f"my caption of {k}"] for k in first}))
+    assert main(["data", "show", "--data", str(out), "--out", str(grid), "--n", "2", "--captions", str(mine)]) == 0
+    printed = capsys.readouterr().out
+    assert f"captions    {mine}" in printed and "  - my caption of " in printed
+    mine.write_text(json.dumps({"000001.jpg": ["only one"]}))
+    assert main(["data", "show", "--data", str(out), "--captions", str(mine)]) == 2
+    assert "mine.json: no captions for" in capsys.readouterr().err
+
     # listed images missing on disk are counted over the whole split, not only the ones read
     for name in ("000004.jpg", "000017.jpg"):
         (out / "img_align_celeba" / name).unlink()

@@ -364,6 +364,8 @@ class FaceDataset(torch.utils.data.Dataset):
 
     # -- captions
     def _load_captions(self, ann: Annotations, keep, captions, seed):
+        """Captions per image, from (in order) `captions`, ROOT/captions.json, metadata.jsonl
+        texts, or the attributes; sets `caption_source` to say which."""
         from t2i.data.captions import load_captions_file
 
         default = ann.root / "captions.json"
@@ -372,6 +374,7 @@ class FaceDataset(torch.utils.data.Dataset):
             captions = default
         if captions is not None:
             table = load_captions_file(captions, self.image_ids)
+            self.caption_source = str(captions)
             return [table[i] for i in self.image_ids]
         if ann.texts is not None:
             texts = [ann.texts[i] for i in keep]
@@ -379,7 +382,9 @@ class FaceDataset(torch.utils.data.Dataset):
             if empty and not ann.has_attributes:
                 raise ValueError(f"{ann.root / 'metadata.jsonl'}: image {empty[0]!r} has no 'text' and no attributes")
             if not empty:
+                self.caption_source = str(ann.root / "metadata.jsonl")
                 return texts
+        self.caption_source = f"made from attributes on the fly (caption seed {seed})"
         return _LazyCaptions(self.attributes, self.image_ids, seed)
 
     # -- preload
@@ -506,7 +511,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def summary(self) -> dict:
         return {"root": str(self.root), "layout": self.layout, "split": self.split, "images": len(self),
                 "splits": self.split_counts, "image_size": self.image_size,
-                "has_attributes": self.has_attributes, "skipped": self.skipped,
+                "has_attributes": self.has_attributes, "skipped": self.skipped, "captions": self.caption_source,
                 "preloaded": self.pixels is not None}
 
 

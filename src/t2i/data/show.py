@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="number of samples in the grid")
     p.add_argument("--size", type=int, default=64, help="image size after preprocessing (default 64)")
     p.add_argument("--seed", type=int, default=0, help="picks which samples are shown")
+    p.add_argument("--captions", default=None,
+                   help="captions JSON to show instead of DATA/captions.json ({image: [captions]}); "
+                        "checks that it covers every image of the split")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    ds = FaceDataset(args.data, split=args.split, image_size=args.size)
+    ds = FaceDataset(args.data, split=args.split, image_size=args.size, captions=args.captions)
     s = ds.summary()
     print(f"dataset {s['root']}")
     print(f"  layout      {s['layout']}")
     print("  splits      " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     print(f"  this split  {args.split}: {len(ds)} images")
+    print(f"  captions    {ds.caption_source}")
     if len(ds) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} is empty")
     if ds.has_attributes:
