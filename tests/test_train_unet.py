@@ -1,5 +1,6 @@
 """The UNet stage: exact resume after SIGTERM, and 2 processes == 1 process (issue 9)."""
 
+import json
 import os
 import shutil
 import signal
@@ -24,9 +25,10 @@ def tiny_model(tmp_path_factory, synth_dir):
     return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
-def parts_dir(tiny_model: Path, dest: Path) -> Path:
-    """A model dir with the tiny VAE, CLIP and latent cache but no UNet yet."""
-    shutil.copytree(tiny_model, dest, ignore=shutil.ignore_patterns("unet", "checkpoints", "logs", "samples"))
+def parts_dir(tiny_model: Path, dest: Path, keep_cache: bool = True) -> Path:
+    """A model dir with the tiny VAE, CLIP (and latent cache) but no UNet yet."""
+    skip = ["unet", "checkpoints", "logs", "samples"] + ([] if keep_cache else ["latents", ".latents*"])
+    shutil.copytree(tiny_model, dest, ignore=shutil.ignore_patterns(*skip))
     return dest
 
 
@@ -72,34 +74,87 @@ def test_resume_after_sigterm_is_bitwise_exact(tiny_model, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tiny_model, tmp_path):
-    """torchrun with 2 CPU processes (gloo), per-process batch 4, vs 1 process with batch 8.
+# Installed (through PYTHONPATH) in the torchrun ranks of the 2-process test only: an audit hook
+# (PEP 578) that logs every filesystem write under $T2I_WATCH_DIR to $T2I_WRITES_DIR/rank<RANK>.txt.
+WRITE_LOGGER = """
+import os, sys
+
+_watch, _logs, _rank = (os.environ.get(k) for k in ("T2I_WATCH_DIR", "T2I_WRITES_DIR", "RANK"))
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_EVENTS = ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree", "os.symlink",
+           "os.link", "os.truncate", "os.chmod", "os.utime")
+
+if _watch and _logs and _rank is not None:
+    _watch = os.path.realpath(_watch)
+    _log = open(os.path.join(_logs, "rank" + _rank + ".txt"), "a", buffering=1)
+
+    def _hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            if not (mode and set(mode) & set("wax+")) and not (mode is None and (flags or 0) & _WRITE_FLAGS):
+                return
+            paths = [path]
+        elif event in _EVENTS:
+            paths = args
+        else:
+            return
+        for p in paths:
+            if isinstance(p, (str, bytes, os.PathLike)):
+                p = os.path.realpath(os.fsdecode(p))
+                if p == _watch or p.startswith(_watch + os.sep):
+                    _log.write(event + " " + p + "\\n")
+
+    sys.addaudithook(_hook)
+"""
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model, synth_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo), per-process batch 4, vs 1 process with batch 8, both
+    on a fresh --out without a latent cache (rank 0 must build it while rank 1 waits), the
+    2-process run with --gradient-checkpointing (it must not change the result).
+
     Tolerance: float summation order differs (gradients are averaged across ranks), so the
-    weights agree to ~1e-6 relative, not bitwise; we allow 1e-4 absolute after 4 steps."""
-    one, two = parts_dir(tiny_model, tmp_path / "one"), parts_dir(tiny_model, tmp_path / "two")
-    common = ["train", "unet", "--data", "unused", "--preset", "tiny", "--steps", "4",
+    weights agree to ~1e-6 relative, not bitwise; we allow 1e-4 absolute after 4 steps.
+
+    Only rank 0 writes: each rank runs with an audit hook (PEP 578, `WRITE_LOGGER`, loaded via
+    PYTHONPATH as sitecustomize: no test code in t2i) that logs every open-for-writing, rename,
+    mkdir, remove... under the output dir. Rank 1's log must be empty and rank 0's must show the
+    latent cache, checkpoints and the UNet (so the hook demonstrably sees writes)."""
+    one = parts_dir(tiny_model, tmp_path / "one", keep_cache=False)
+    two = parts_dir(tiny_model, tmp_path / "two", keep_cache=False)
+    common = ["train", "unet", "--data", str(synth_dir), "--preset", "tiny", "--steps", "4",
               "--mixed-precision", "no", "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, "-m", "t2i.cli", *common, "--out", str(one), "--batch-size", "8"],
                    check=True, env=env, capture_output=True, timeout=600)
+
+    hook_dir, writes = tmp_path / "hook", tmp_path / "writes"
+    hook_dir.mkdir()
+    writes.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(WRITE_LOGGER)
+    python_path = os.pathsep.join(p for p in (str(hook_dir), env.get("PYTHONPATH")) if p)
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "t2i.cli", *common,
-         "--out", str(two), "--batch-size", "4"],
-        env=env, capture_output=True, text=True, timeout=600,
+         "--out", str(two), "--batch-size", "4", "--gradient-checkpointing"],
+        env={**env, "PYTHONPATH": python_path, "T2I_WATCH_DIR": str(two), "T2I_WRITES_DIR": str(writes)},
+        capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
 
     run_one = json.loads((one / "logs" / "unet" / "run.json").read_text())
     run_two = json.loads((two / "logs" / "unet" / "run.json").read_text())
     assert run_one["world_size"] == 1 and run_two["world_size"] == 2
     assert run_one["global_batch"] == run_two["global_batch"] == 8
+    config_two = json.loads((two / "unet" / "config.json").read_text())["config"]
+    assert config_two["gradient_checkpointing"] is True
     a, b = weights(one), weights(two)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4, msg=k)
-    # Only rank 0 wrote: the same files exist in both runs, and a single TensorBoard event file.
-    def files(d):
-        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and "events" not in p.name)
-    assert files(one) == files(two)
+
+    rank0 = (writes / "rank0.txt").read_text().splitlines()
+    rank1 = (writes / "rank1.txt").read_text().splitlines()
+    assert rank1 == [], rank1[:10]
+    for written in ("latents", "checkpoints/unet/step_0000004", "unet/model.safetensors"):
+        assert any(line.endswith(str(two / written)) for line in rank0), written
     assert len(list((two / "logs" / "unet").glob("events.*"))) == 1

@@ -30,6 +30,7 @@ from t2i.train.loop import (
     Stage,
     StepOutput,
     add_loop_arguments,
+    distributed_state,
     loop_config_from_args,
     train,
 )
@@ -214,6 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
     parser.add_argument("--caption-dropout", type=float)
     parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute the UNet blocks' activations in the backward pass (less memory, more compute)")
     add_loop_arguments(parser)
 
 
@@ -222,7 +225,9 @@ def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
     loop = loop_config_from_args(cfg.loop, args)
     diffusion = replace(cfg.diffusion, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
                         caption_dropout=args.caption_dropout)
-    return replace(cfg, loop=loop, diffusion=diffusion, train_text_encoder=True if args.train_text_encoder else None)
+    unet = replace(cfg.unet, gradient_checkpointing=True if args.gradient_checkpointing else None)
+    return replace(cfg, unet=unet, loop=loop, diffusion=diffusion,
+                   train_text_encoder=True if args.train_text_encoder else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,12 +238,15 @@ def run(args: argparse.Namespace) -> int:
     vae_dir = resolve_component(args.vae or out, "vae")
     text_encoder = TextEncoder.from_pretrained(args.clip or out)
     cache_dir = Path(args.cache) if args.cache else out / "latents"
-    if not (cache_dir / "index.json").is_file():
-        from t2i.cli import main
+    # Under torchrun every rank runs this: rank 0 builds a missing cache while the others wait at
+    # a barrier, then they find it complete (--out on a filesystem all ranks share).
+    with distributed_state().main_process_first():
+        if not (cache_dir / "index.json").is_file():
+            from t2i.cli import main
 
-        print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
-        if main(["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip"]) != 0:
-            raise RuntimeError(f"could not build the latent cache at {cache_dir}")
+            print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
+            if main(["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip"]) != 0:
+                raise RuntimeError(f"could not build the latent cache at {cache_dir}")
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
     metrics = train(stage, LatentDataset(cache), cfg.loop, out)
