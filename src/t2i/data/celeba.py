@@ -464,8 +464,7 @@ class FaceDataset(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def count_missing(self) -> int:
-        """Listed images of this split with no file on disk (one stat each, nothing decoded:
-        about a second for CelebA's 200k)."""
+        """Listed images of this split with no file on disk (one stat each, nothing decoded)."""
         return sum(not os.path.isfile(self.image_dir / i) for i in self.image_ids)
 
     def _skip(self, i: int, why: str):
