@@ -150,12 +150,16 @@ def save_component(
 
 
 def read_component_config(directory: str | Path, kind: str) -> dict:
+    """`directory/config.json` of a `kind` component; a symlink out of `directory` is refused."""
     directory = Path(directory)
     path = directory / CONFIG_NAME
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise FileNotFoundError(f"{kind}: missing {path}")
+    real = inside(directory, path)
+    if not real.is_file():
+        raise FileNotFoundError(f"{kind}: {path} is not a file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(real.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("type") != kind or "config" not in data:

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from t2i.checkpoint import load_component, resolve_component
+from t2i.checkpoint import (
+    CONFIG_NAME,
+    inside,
+    load_component,
+    read_component_config,
+    resolve_component,
+)
 from t2i.diffusion.guidance import cfg_model
 from t2i.diffusion.samplers import SAMPLERS, img2img_start, make_denoiser, timesteps
 from t2i.diffusion.schedule import NoiseSchedule
@@ -33,6 +39,9 @@ DEFAULT_GUIDANCE = 3.0
 DEFAULT_SAMPLER = "dpm++2m"
 MAX_STEPS = 1000
 MAX_IMAGES_PER_CALL = 256
+# Largest image side a model config may ask for: a 4096px image is already a 512x512 latent;
+# a hostile or mistyped config.json must fail at load, not when the first latents are allocated.
+MAX_IMAGE_SIZE = 4096
 
 
 def default_device() -> torch.device:
@@ -55,6 +64,7 @@ class T2IPipeline:
         image_size: int,
         model_id: str = "t2i",
     ):
+        check_image_size(image_size, vae.downsample_factor)
         self.vae, self.text_encoder, self.unet = vae.eval(), text_encoder.eval(), unet.eval()
         self.schedule, self.prediction = schedule, prediction
         self.image_size, self.model_id = image_size, model_id
@@ -70,23 +80,36 @@ class T2IPipeline:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model directory not found: {model_dir}")
+        # The UNet's config.json carries the schedule and image size: check them before loading
+        # (allocating) any network.
+        unet_dir = resolve_component(model_dir, "unet")
+        meta = read_component_config(unet_dir, "unet")
+        diffusion = meta.get("diffusion", {})
+        if not isinstance(diffusion, dict):
+            raise ValueError(f"{unet_dir / CONFIG_NAME}: 'diffusion' must be an object, got {diffusion!r}")
+        try:
+            schedule = NoiseSchedule.from_dict(diffusion.get("schedule", {}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{unet_dir / CONFIG_NAME}: bad diffusion schedule: {e}") from None
         vae, _ = load_component(resolve_component(model_dir, "vae"), VAE, VAEConfig, "vae")
+        image_size = meta.get("image_size", 64)
+        try:
+            check_image_size(image_size, vae.downsample_factor)
+        except ValueError as e:
+            raise ValueError(f"{unet_dir / CONFIG_NAME}: {e}") from None
         text_encoder = TextEncoder.from_pretrained(model_dir)
-        unet, meta = load_component(resolve_component(model_dir, "unet"), UNet, UNetConfig, "unet")
+        unet, meta = load_component(unet_dir, UNet, UNetConfig, "unet")
         if unet.config.context_dim != text_encoder.hidden_dim:
             raise ValueError(
                 f"{model_dir}: the UNet expects text states of width {unet.config.context_dim} but the "
                 f"text encoder gives {text_encoder.hidden_dim}; they come from different trainings"
             )
-        diffusion = meta.get("diffusion", {})
-        index = model_dir / "model_index.json"
-        model_id = json.loads(index.read_text()).get("id", model_dir.name) if index.is_file() else model_dir.name
         pipe = cls(
             vae, text_encoder, unet,
-            schedule=NoiseSchedule.from_dict(diffusion.get("schedule", {})),
+            schedule=schedule,
             prediction=diffusion.get("prediction", "v"),
-            image_size=int(meta.get("image_size", 64)),
-            model_id=model_id,
+            image_size=image_size,
+            model_id=_model_id(model_dir),
         )
         return pipe.to(device if device is not None else default_device(), precision)
 
@@ -219,6 +242,29 @@ class T2IPipeline:
         # 4. Decode.
         images = self.decode_latents(latents)
         return images if output_type == "pt" else tensor_to_pil(images)
+
+
+def _model_id(model_dir: Path) -> str:
+    """The "id" recorded in model_index.json (read only from inside the model dir), else the dir name."""
+    index = model_dir / "model_index.json"
+    if not (index.exists() or index.is_symlink()):
+        return model_dir.name
+    try:
+        data = json.loads(inside(model_dir, index).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{index}: not valid JSON ({e})") from None
+    model_id = data.get("id") if isinstance(data, dict) else None
+    return model_id if isinstance(model_id, str) else model_dir.name
+
+
+def check_image_size(image_size, factor: int) -> int:
+    """An image side the VAE can encode/decode: an integer multiple of its downsampling factor
+    in [factor, MAX_IMAGE_SIZE]."""
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not factor <= image_size <= MAX_IMAGE_SIZE or image_size % factor):
+        raise ValueError(f"image_size must be a multiple of the VAE's downsampling factor {factor} "
+                         f"between {factor} and {MAX_IMAGE_SIZE}, got {image_size!r}")
+    return image_size
 
 
 def check_settings(steps: int, guidance: float, sampler: str, num_images: int = 1, strength: float = 0.8) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.checkpoint import load_component, resolve_component
+from t2i.checkpoint import CONFIG_NAME, inside, load_component, resolve_component
 from t2i.models.clip import CLIP, CLIPConfig
 from t2i.tokenizer import CaptionTokenizer
 
@@ -25,13 +25,24 @@ TOKENIZER_NAME = "tokenizer.json"
 
 
 def find_tokenizer(model_dir: str | Path) -> Path:
-    """`model_dir/tokenizer.json`, or the one beside a clip/ directory passed directly."""
+    """`model_dir/tokenizer.json`; for a clip/ component dir passed directly (`runs/demo/clip`),
+    the tokenizer of the model dir holding it (`runs/demo/tokenizer.json`).
+
+    The file must resolve inside the dir it belongs to: a symlink pointing out of it is refused,
+    and the parent is only searched when `model_dir` is that model dir's `clip/` component."""
     model_dir = Path(model_dir)
-    for candidate in (model_dir / TOKENIZER_NAME, model_dir.parent / TOKENIZER_NAME):
-        if candidate.is_file():
-            return candidate
+    candidates = [(model_dir, model_dir / TOKENIZER_NAME)]
+    real = model_dir.resolve()
+    if real.name == "clip" and (real / CONFIG_NAME).is_file():
+        candidates.append((real.parent, real.parent / TOKENIZER_NAME))
+    for root, candidate in candidates:
+        if candidate.exists() or candidate.is_symlink():
+            path = inside(root, candidate)
+            if path.is_file():
+                return path
     raise FileNotFoundError(
-        f"no {TOKENIZER_NAME} in {model_dir} (or its parent); train it with `t2i train clip`"
+        f"no {TOKENIZER_NAME} in {model_dir} (or, for a clip/ dir, in the model dir holding it); "
+        "train it with `t2i train clip`"
     )
 
 

@@ -18,6 +18,9 @@ import torch
 
 KINDS = ("cosine", "linear", "scaled_linear")
 PREDICTIONS = ("eps", "v", "x0")
+# Most training steps a schedule may have (1000 is usual): the tables are O(T), and the cosine
+# betas are computed in a Python loop, so an absurd T from a config file must be refused first.
+MAX_T = 100_000
 
 
 def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -51,8 +54,14 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"schedule kind {self.kind!r} is not one of {KINDS}")
-        if self.T < 2:
-            raise ValueError(f"schedule T={self.T} must be at least 2")
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or not 2 <= self.T <= MAX_T:
+            raise ValueError(f"schedule T={self.T!r} must be an integer in [2, {MAX_T}]")
+        for name in ("beta_start", "beta_end"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise ValueError(f"schedule {name}={getattr(self, name)!r} must be a number")
+        if self.kind != "cosine" and not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"schedule betas must satisfy 0 < beta_start <= beta_end < 1, "
+                             f"got beta_start={self.beta_start}, beta_end={self.beta_end}")
         if self.kind == "cosine":
             self.betas = _cosine_betas(self.T)
         elif self.kind == "linear":
@@ -76,6 +85,8 @@ class NoiseSchedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoiseSchedule:
+        if not isinstance(d, dict):
+            raise ValueError(f"a noise schedule must be an object, got {d!r}")
         return cls(**{k: d[k] for k in ("kind", "T", "beta_start", "beta_end") if k in d})
 
     # -- arrays ----------------------------------------------------------------------------
