@@ -1,6 +1,7 @@
 """The shared training loop on a toy stage: resume exactness, NaN skipping, data order,
 signals, corrupt checkpoints."""
 
+import datetime
 import functools
 import json
 import os
@@ -263,3 +264,12 @@ def test_loss_scaler_state_is_checkpointed(tmp_path, cpu_loss_scaler):
     assert resumed.scales[5] == 2.0**15
     for k in straight.final:
         assert torch.equal(straight.final[k], resumed.final[k]), k
+
+
+def test_process_group_timeout_outlasts_rank0_work():
+    """Other ranks wait at a barrier while rank 0 alone samples, saves and evaluates (or encodes
+    the latent cache): the accelerator asks for PROCESS_GROUP_TIMEOUT, not NCCL's 10 minutes."""
+    from t2i.train.loop import PROCESS_GROUP_TIMEOUT, make_accelerator
+
+    accelerator = make_accelerator("no")
+    assert accelerator.init_handler.timeout == PROCESS_GROUP_TIMEOUT >= datetime.timedelta(hours=1)
