@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: fail, never skip)
+
 from test_app import start_server, stop_server  # noqa: E402
 from tiny_model import tiny_model_fixture  # noqa: E402
-
-import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: fail, never skip)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -7,11 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from tiny_model import tiny_model_fixture
-
 import pytest
 
 from t2i.cli import main
+from tiny_model import tiny_model_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
