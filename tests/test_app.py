@@ -316,3 +316,17 @@ def test_truncation_note_for_prompts_longer_than_the_context(app_model):
     note = truncation_note(pipe, " ".join(["a smiling man with glasses"] * 40))
     context = pipe.text_encoder.tokenizer.context_length
     assert note is not None and f"reads only the first {context - 2}" in note
+
+
+def test_model_attributes_reads_only_the_model_dirs_own_index(tmp_path):
+    from t2i.app.server import model_attributes
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"attributes": ["Smiling", "Male"]}))
+    assert model_attributes(model) == ["Smiling", "Male"]
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps({"attributes": ["Bald"]}))
+    (model / "model_index.json").unlink()
+    (model / "model_index.json").symlink_to(outside)
+    assert model_attributes(model) is None  # not followed out of the model dir
