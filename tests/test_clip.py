@@ -208,6 +208,25 @@ def test_text_encoder_save_load_round_trip(tmp_path, model, tok):
     assert torch.allclose(s, 100 * sim.diagonal().clamp(min=0), atol=1e-4)
 
 
+def test_token_embeddings_beside_the_final_states(model, tok):
+    enc = TextEncoder(tok, model)
+    prompts = ["a smiling man with eyeglasses", "a smiling man with a hat"]
+    plain, mask, pooled = enc.encode(prompts)
+    enc.token_embeddings = True
+    assert enc.hidden_dim == 2 * 32
+    hidden, mask2, pooled2 = enc.encode(prompts)
+    assert hidden.shape == (2, 24, 64) and torch.equal(mask, mask2) and torch.equal(pooled, pooled2)
+    assert torch.equal(hidden[..., :32], plain)  # the final states, unchanged
+    words = hidden[..., 32:]  # the token embeddings, layer-normed: mean 0, std 1 per token
+    assert torch.allclose(words.mean(-1), torch.zeros(2, 24), atol=1e-5)
+    assert torch.allclose(words.std(-1, unbiased=False), torch.ones(2, 24), atol=0.02)  # eps
+    ids, _ = tok.encode(prompts)
+    same = ids[0] == ids[1]  # (24,) positions holding the same token in both prompts
+    assert same.any() and (~same).any()
+    assert torch.equal(words[0, same], words[1, same])  # a word's embedding ignores its context
+    assert not torch.allclose(words[0, ~same], words[1, ~same])
+
+
 def test_text_encoder_rejects_mismatched_tokenizer(tmp_path, model):
     other = CaptionTokenizer.train(CAPTIONS, vocab_size=300, context_length=12)
     with pytest.raises(ValueError, match="context_length=12"):

@@ -35,6 +35,16 @@ def test_same_seed_same_image_across_loads(tiny_model, pipe):
     assert a.min() >= -1 and a.max() <= 1
 
 
+def test_unet_reads_the_text_states_it_was_trained_on(tiny_model, pipe):
+    # The tiny preset, like synth64, cross-attends to CLIP's token embeddings beside its final
+    # states: the loaded text encoder must hand it both (2 x the text width).
+    width = pipe.text_encoder.clip.config.text_width
+    assert pipe.unet_config.text_token_embeddings and pipe.text_encoder.token_embeddings
+    assert pipe.unet_config.context_dim == pipe.text_encoder.hidden_dim == 2 * width
+    hidden, _, _ = pipe.text_encoder.encode(["a smiling woman"])
+    assert hidden.shape[-1] == 2 * width
+
+
 def test_pil_output_and_prompt_major_order(pipe):
     images = pipe(["a man", "a woman"], num_images=2, steps=2, seed=0)
     assert len(images) == 4 and all(isinstance(im, Image.Image) for im in images)

@@ -99,6 +99,7 @@ class T2IPipeline:
             raise ValueError(f"{unet_dir / CONFIG_NAME}: {e}") from None
         text_encoder = TextEncoder.from_pretrained(model_dir)
         unet, meta = load_component(unet_dir, UNet, UNetConfig, "unet")
+        text_encoder.token_embeddings = unet.config.text_token_embeddings
         if unet.config.context_dim != text_encoder.hidden_dim:
             raise ValueError(
                 f"{model_dir}: the UNet expects text states of width {unet.config.context_dim} but the "

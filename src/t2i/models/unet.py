@@ -53,6 +53,9 @@ class UNetConfig:
     head_dim: int = 32  # attention heads = width // head_dim (ignored when num_heads > 0)
     num_heads: int = 0  # a fixed head count for every level instead of head_dim
     context_dim: int = 128  # text token width for cross-attention (0 = no cross-attention)
+    # Cross-attend to the text encoder's input token embeddings beside its final states
+    # (TextEncoder.token_embeddings; context_dim is then twice the text width).
+    text_token_embeddings: bool = False
     pooled_dim: int = 128  # pooled text embedding width, added to the time embedding (0 = off)
     time_embed_dim: int = 0  # 0 = 4 * channels[0] (DDPM / ADM)
     mlp_mult: int = 2  # transformer MLP width = mlp_mult * channels
@@ -324,23 +327,25 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     # Tests: ~80k parameters, 2 levels, attention at the lower one.
     "tiny": UNetConfig(
         channels=(16, 16), blocks=1, attention_levels=(1,), head_dim=8, context_dim=16,
-        pooled_dim=0, time_embed_dim=32, mlp_mult=2,
+        pooled_dim=0, time_embed_dim=32, mlp_mult=2, text_token_embeddings=True,
     ),
     # 4x16x16 latents on CPU, ~6M parameters: widths 64/128/128 with cross-attention at 8x8
     # and 4x4 (+ mid); one ResBlock per level down (two up) and a 2x MLP keep a step cheap,
     # which is what a short CPU budget is limited by. Attention at 16x16 (256 tokens) cost 44%
     # of each training step: without it, 1800 steps took 13 min instead of 1200 in 16 and
-    # came out better (bench/time_to_quality.py; numbers in docs/benchmarks.md).
+    # came out better (bench/time_to_quality.py; numbers in docs/benchmarks.md). Cross-attention
+    # also reads CLIP's token embeddings: with the final states alone, words CLIP's image tower
+    # barely sees (necklace, open mouth, smile) were ignored (balanced faithfulness 0.58-0.64).
     "synth64": UNetConfig(
         channels=(64, 128, 128), blocks=1, attention_levels=(1, 2), head_dim=32,
-        context_dim=128, pooled_dim=128, mlp_mult=2,
+        context_dim=128, pooled_dim=128, mlp_mult=2, text_token_embeddings=True,
     ),
     # 128px CelebA on one GPU: 4x16x16 latents from the f=8 VAE, like the seed, so the same
     # three levels (16/8/4) with cross-attention at each; twice the seed's widths (80.6M
     # parameters, 2.7x its count) for real faces' variety, which a GPU affords at this size.
     "celeba128": UNetConfig(
         channels=(128, 256, 512), blocks=2, attention_levels=(0, 1, 2), head_dim=64,
-        context_dim=128, pooled_dim=128,
+        context_dim=128, pooled_dim=128, text_token_embeddings=True,
     ),
 }
 

@@ -95,11 +95,12 @@ PRESETS: dict[str, ClipPreset] = {
         image_size=32, vocab_size=512, context_length=48, hard_negatives=1, attribute_loss=1.0,
         eval_images=32, zeroshot_images=16,
     ),
-    # The one-command demo's CLIP on SynthFaces 64px: 143 s on 2 idle cores, mean zero-shot
-    # attribute accuracy 0.90 in `make demo` (0.93 on the renderer of docs/clip.md's runs).
+    # The one-command demo's CLIP on SynthFaces 64px. The tower reads full-resolution pixels
+    # (stem stride 1) and has a fifth level to keep its receptive field: with a stride-2 stem,
+    # mouth and smile stayed near chance (zero-shot 0.63 / 0.62; now 0.97 / 0.94, docs/clip.md).
     "synth64": ClipPreset(
-        model=CLIPConfig(text_width=128, text_layers=2, text_heads=4, image_size=64, stem_stride=2,
-                         image_channels=(16, 32, 64, 128), embed_dim=128),
+        model=CLIPConfig(text_width=128, text_layers=2, text_heads=4, image_size=64, stem_stride=1,
+                         image_channels=(16, 32, 64, 128, 128), embed_dim=128),
         loop=LoopConfig(steps=1500, batch_size=64, lr=2e-3, warmup_steps=50, log_every=25,
                         ckpt_every=500),
         image_size=64, hard_negatives=1, attribute_loss=1.0, eval_images=1000, zeroshot_images=500,

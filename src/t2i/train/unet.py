@@ -113,6 +113,7 @@ class UNetStage(Stage):
         self.image_size = image_size
         self.schedule = NoiseSchedule(cfg.diffusion.schedule, cfg.diffusion.T)
         # The UNet's text widths come from the text encoder it is trained with.
+        text_encoder.token_embeddings = cfg.unet.text_token_embeddings
         self.unet_config = replace(cfg.unet, in_channels=cache.latent_shape[0], out_channels=cache.latent_shape[0],
                                    context_dim=text_encoder.hidden_dim,
                                    pooled_dim=text_encoder.embed_dim if cfg.unet.pooled_dim else 0)
