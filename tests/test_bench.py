@@ -44,3 +44,15 @@ def test_time_to_quality_records_one_point_per_evaluation(tiny_model, synth_dir,
     for p in points:
         assert 0 <= p["faithfulness_balanced"] <= 1 and p["fd_judge"] >= 0
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_text_probe_reports_every_context_and_attribute(tiny_model, synth_dir, tmp_path):
+    out = tmp_path / "probe.json"
+    result = load_bench("text_probe").main(["--model", str(tiny_model), "--data", str(synth_dir),
+                                            "--captions", "60", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    table = result["per_attribute"]
+    assert list(table)[0] == "token embeddings" and "final states (UNet context)" in table
+    assert len({len(t) for t in table.values()}) == 1 and len(table["token embeddings"]) > 5
+    # Complete captions name every attribute, so the (context-free) embeddings always hold it.
+    assert result["mean"]["token embeddings"] > 0.9
