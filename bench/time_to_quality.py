@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         image_size=int(cache.meta.get("image_size", 64)),
         judge=judge, judge_meta=judge_meta, data=args.data, eval_cfg=eval_cfg, on_point=on_point,
     )
-    train(stage, LatentDataset(cache), loop, work)
+    train(stage, LatentDataset(cache, cfg.complete_caption_prob), loop, work)
     plot(result["points"], out.with_suffix(".png"), _title(result))
     print(f"-> {out} and {out.with_suffix('.png')}")
     return result

@@ -50,11 +50,31 @@ def run_stage(model_dir: Path, steps: int, signal_at: int = -1, **loop):
     stage = SignalAt(cfg, TextEncoder.from_pretrained(model_dir), cache, model_dir / "vae",
                      image_size=int(cache.meta["image_size"]))
     stage.at = signal_at
-    return train(stage, LatentDataset(cache), cfg.loop, model_dir)
+    return train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, model_dir)
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_tensors(model_dir / "unet" / "model.safetensors")
+
+
+def test_complete_caption_prob_picks_the_first_caption(tiny_model):
+    cache = LatentCache.open(tiny_model / "latents")
+    i = 0
+    first, others = cache.captions[i][0], set(cache.captions[i][1:])
+    assert len(cache.captions[i]) > 1 and first not in others
+
+    def draws(prob):
+        ds = LatentDataset(cache, prob)
+        return [ds[(i, seed)]["caption"] for seed in range(400)]
+
+    assert set(draws(1.0)) == {first}
+    half = draws(0.5)
+    assert 0.4 < half.count(first) / len(half) < 0.6 and set(half) - {first} <= others
+    uniform = draws(0.0)
+    assert 0.1 < uniform.count(first) / len(uniform) < 0.3  # 1 in len(captions) = 5
+    assert draws(0.5) == half  # the sample seed decides
+    with pytest.raises(ValueError, match="complete_caption_prob"):
+        LatentDataset(cache, 1.5)
 
 
 def test_resume_after_sigterm_is_bitwise_exact(tiny_model, tmp_path):

@@ -50,6 +50,12 @@ class UNetStageConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    # How often an image's first caption is used; the rest of the time one of the others. t2i's
+    # captions put the complete one first (it names every present attribute, so an unnamed
+    # attribute is absent) and the others name a subset. Drawn uniformly (1 / 5), the model
+    # learns that an unnamed attribute may well be there, and a prompt that lists what it wants
+    # gets extras (eval's all-attributes-correct rate: 0.11 -> 0.22 at 600 steps with 0.5).
+    complete_caption_prob: float = 0.0  # 0 = uniform over all of an image's captions
     train_text_encoder: bool = False
     text_lr_scale: float = 0.1  # LR multiplier for the text encoder when fine-tuned jointly
     sample_prompts: int = 8  # validation grid: this many fixed captions x 2 seeds
@@ -82,10 +88,13 @@ class LatentDataset(torch.utils.data.Dataset):
     """Items of a latent cache: the posterior (mean, std), one caption and the attributes.
     The sample seed from the loop's batch sampler picks the caption and the flip variant."""
 
-    def __init__(self, cache: LatentCache):
+    def __init__(self, cache: LatentCache, complete_caption_prob: float = 0.0):
         if cache.captions is None:
             raise ValueError(f"latent cache {cache.directory} has no captions; re-encode a captioned dataset")
+        if not 0.0 <= complete_caption_prob <= 1.0:
+            raise ValueError(f"complete_caption_prob must be in [0, 1], got {complete_caption_prob}")
         self.cache = cache
+        self.complete_caption_prob = complete_caption_prob
         # The whole cache is small (20k x 2 x 4x16x16 fp16 = 40 MB): load it once.
         self.mean = torch.tensor(np.asarray(cache.mean), dtype=torch.float32)  # (V, N, C, h, w)
         self.std = torch.tensor(np.asarray(cache.std), dtype=torch.float32)
@@ -98,7 +107,12 @@ class LatentDataset(torch.utils.data.Dataset):
         i, seed = key if isinstance(key, tuple) else (key, key)
         rng = random.Random(seed)
         variant = rng.randrange(self.mean.shape[0])
-        return {"mean": self.mean[variant, i], "std": self.std[variant, i], "caption": rng.choice(self.captions[i])}
+        captions = self.captions[i]
+        if self.complete_caption_prob and len(captions) > 1:
+            caption = captions[0] if rng.random() < self.complete_caption_prob else rng.choice(captions[1:])
+        else:
+            caption = rng.choice(captions)
+        return {"mean": self.mean[variant, i], "std": self.std[variant, i], "caption": caption}
 
 
 class UNetStage(Stage):
@@ -215,6 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prediction", choices=["v", "eps"])
     parser.add_argument("--min-snr-gamma", type=float, help="0 disables min-SNR weighting")
     parser.add_argument("--caption-dropout", type=float)
+    parser.add_argument("--complete-caption-prob", type=float,
+                        help="how often an image's first (complete) caption is used (0 = uniform; default: preset)")
     parser.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder jointly")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the UNet blocks' activations in the backward pass (less memory, more compute)")
@@ -227,7 +243,7 @@ def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
     diffusion = replace(cfg.diffusion, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
                         caption_dropout=args.caption_dropout)
     unet = replace(cfg.unet, gradient_checkpointing=True if args.gradient_checkpointing else None)
-    return replace(cfg, unet=unet, loop=loop, diffusion=diffusion,
+    return replace(cfg, unet=unet, loop=loop, diffusion=diffusion, complete_caption_prob=args.complete_caption_prob,
                    train_text_encoder=True if args.train_text_encoder else None)
 
 
@@ -250,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
                 raise RuntimeError(f"could not build the latent cache at {cache_dir}")
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
-    metrics = train(stage, LatentDataset(cache), cfg.loop, out)
+    metrics = train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, out)
     if metrics:
         print(f"[unet] done: {json.dumps(metrics)}")
     return 0
