@@ -54,7 +54,7 @@ class TimedUNetStage(UNetStage):
             t0 = time.perf_counter()
             report = evaluate(self._pipeline(ctx), self.judge, self.data, self.eval_cfg,
                               judge_meta=self.judge_meta, progress=False, log=lambda *a: None)
-            point = {"step": ctx.step, "train_seconds": round(self.train_seconds, 1),
+            point = {"step": ctx.step, "train_seconds": round(self.train_seconds, 3),
                      "eval_seconds": round(time.perf_counter() - t0, 1), **eval_headline(report)}
             self.points.append(point)
             self.on_point(self.points)
