@@ -29,6 +29,7 @@ from t2i.config import config_from_dict, config_to_dict
 M = TypeVar("M", bound=nn.Module)
 
 CONFIG_NAME = "config.json"
+INDEX_NAME = "model_index.json"  # MODEL_DIR/model_index.json, written by `t2i train all`
 WEIGHTS_NAME = "model.safetensors"
 # Files that would need unpickling to read. Their presence is reported, never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -109,6 +110,21 @@ def inside(root: str | Path, path: str | Path) -> Path:
     if real != root_real and root_real not in real.parents:
         raise ValueError(f"path {path} points outside {root}; refusing to follow it")
     return real
+
+
+def read_model_index(model_dir: str | Path) -> dict:
+    """MODEL_DIR/model_index.json as a dict ({} when there is none). A symlink out of the model
+    dir is refused; invalid JSON is a ValueError naming the file."""
+    path = Path(model_dir) / INDEX_NAME
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        data = json.loads(inside(model_dir, path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def resolve_component(path: str | Path, kind: str) -> Path:

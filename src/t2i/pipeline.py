@@ -10,7 +10,6 @@ safetensors + JSON only. This module never imports `t2i.data` or `t2i.train`.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from collections.abc import Callable
@@ -22,9 +21,9 @@ from PIL import Image
 
 from t2i.checkpoint import (
     CONFIG_NAME,
-    inside,
     load_component,
     read_component_config,
+    read_model_index,
     resolve_component,
 )
 from t2i.diffusion.guidance import cfg_model
@@ -98,7 +97,7 @@ class T2IPipeline:
         except ValueError as e:
             raise ValueError(f"{unet_dir / CONFIG_NAME}: {e}") from None
         text_encoder = TextEncoder.from_pretrained(model_dir)
-        unet, meta = load_component(unet_dir, UNet, UNetConfig, "unet")
+        unet, _ = load_component(unet_dir, UNet, UNetConfig, "unet")
         text_encoder.token_embeddings = unet.config.text_token_embeddings
         if unet.config.context_dim != text_encoder.hidden_dim:
             raise ValueError(
@@ -110,7 +109,7 @@ class T2IPipeline:
             schedule=schedule,
             prediction=diffusion.get("prediction", "v"),
             image_size=image_size,
-            model_id=_model_id(model_dir),
+            model_id=str(read_model_index(model_dir).get("id", model_dir.name)),
         )
         return pipe.to(device if device is not None else default_device(), precision)
 
@@ -243,19 +242,6 @@ class T2IPipeline:
         # 4. Decode.
         images = self.decode_latents(latents)
         return images if output_type == "pt" else tensor_to_pil(images)
-
-
-def _model_id(model_dir: Path) -> str:
-    """The "id" recorded in model_index.json (read only from inside the model dir), else the dir name."""
-    index = model_dir / "model_index.json"
-    if not (index.exists() or index.is_symlink()):
-        return model_dir.name
-    try:
-        data = json.loads(inside(model_dir, index).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{index}: not valid JSON ({e})") from None
-    model_id = data.get("id") if isinstance(data, dict) else None
-    return model_id if isinstance(model_id, str) else model_dir.name
 
 
 def check_image_size(image_size, factor: int) -> int:

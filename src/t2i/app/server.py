@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import sys
 from pathlib import Path
 
 from t2i.app.limits import Limits
-from t2i.checkpoint import inside
+from t2i.checkpoint import read_model_index
 
 ENV_DEFAULTS = {
     "GRADIO_ANALYTICS_ENABLED": "False",
@@ -38,9 +37,8 @@ def quiet_environment() -> None:
 def model_attributes(model_dir: str | Path) -> list[str] | None:
     """The attributes the model was trained on, if its model_index.json records them
     (key "attributes"); None shows every captioned attribute."""
-    index = Path(model_dir) / "model_index.json"
-    try:  # inside(): a model_index.json symlinked out of the model dir is not read
-        names = json.loads(inside(model_dir, index).read_text()).get("attributes")
+    try:  # a model_index.json symlinked out of the model dir is not read
+        names = read_model_index(model_dir).get("attributes")
     except (OSError, ValueError):
         return None
     return list(names) if isinstance(names, list) and names else None

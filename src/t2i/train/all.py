@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2i import __version__
-from t2i.checkpoint import atomic_write_json
-
-INDEX_NAME = "model_index.json"
+from t2i.checkpoint import INDEX_NAME, atomic_write_json, read_model_index
 
 
 @dataclass
@@ -94,7 +92,7 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
     data_path, out_path = Path(data), Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     index_path = out_path / INDEX_NAME
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = read_model_index(out_path)
     index.update(format="t2i-model", version=__version__, id=index.get("id", out_path.name))
     stages = index.setdefault("stages", {})
 
