@@ -34,6 +34,7 @@ RULES = [
     ("text_encoder.py", ("t2i.data", "t2i.train")),
     ("checkpoint.py", ("t2i.data", "t2i.train", "t2i.pipeline")),
     ("app", ("t2i.train", "t2i.eval", "t2i.models", "t2i.diffusion")),
+    ("prompt_syntax.py", ("t2i.", "torch", "numpy")),  # pure text
 ]
 
 

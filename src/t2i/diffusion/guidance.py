@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022): out = uncond + scale * (cond - uncond).
+"""Classifier-free guidance (Ho & Salimans 2022): out = uncond + scale * (cond - uncond),
+and its composable form (Liu et al. 2022): out = uncond + scale * sum_i w_i (cond_i - uncond).
 
 `cfg_model` wraps a conditional network `net(x, t, context, context_mask, pooled)` into the
 `model_fn(x, t)` that `samplers.make_denoiser` takes. The conditional and unconditional
@@ -6,6 +7,14 @@ branches run in ONE batched forward (the batch is [cond; uncond]): one kernel la
 layer instead of two, which is what matters at batch 1. The unconditional branch reads the
 negative prompt's text states (the empty prompt's for plain CFG). Guidance is linear in the
 network output, so guiding v, eps or x0 gives the same x0 estimate.
+
+`composed_model` is the conjunction / negation of Liu et al. 2022 ("Compositional Visual
+Generation with Composable Diffusion Models", ECCV, eq. 10-11 with one guidance scale times a
+per-term weight, as the Stable Diffusion web UIs' `AND` does). Every term of every image and
+the unconditional branch run as ONE batched forward per step. The combination has
+coefficients (1 - scale * sum w_i) on uncond and scale * w_i on term i, which sum to 1: it
+commutes with the affine map from the network's output (v, eps or x0) to x0, so combining v
+predictions is the same as combining eps (the paper's space), as for `cfg_model`.
 
 Never imports `t2i.models`: the network is any callable with that signature.
 """
@@ -93,3 +102,58 @@ def cfg_model(
         return uncond + scale * (cond - uncond)
 
     return guided
+
+
+def composed_model(
+    net: Net,
+    scale: float,
+    context: torch.Tensor,
+    context_mask: torch.Tensor | None,
+    pooled: torch.Tensor | None,
+    term_image: torch.Tensor,
+    term_weight: torch.Tensor,
+    uncond_context: torch.Tensor,
+    uncond_mask: torch.Tensor | None = None,
+    uncond_pooled: torch.Tensor | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Return `model_fn(x, t)` for N images whose prompts are weighted sums of terms:
+
+        out_n = uncond_n + scale * sum_{r: term_image[r] = n} term_weight[r] * (cond_r - uncond_n)
+
+    Images may have different numbers of terms: the R terms of all images are one flat batch
+    (segmented by `term_image`, no padding rows), so a step is one forward of R + N rows.
+
+    context (R, L, D), context_mask (R, L), pooled (R, E): each term's text states.
+    term_image (R,) long: the image (latent row, 0..N-1) each term belongs to; every image has
+    at least one term. term_weight (R,): the term's weight (negative for NOT).
+    uncond_* (N or 1 rows): the negative (or empty) prompt's, the baseline every term is
+    measured against. With one term of weight 1 per image this equals `cfg_model` exactly."""
+    R = context.shape[0]
+    if term_image.shape != (R,) or term_weight.shape != (R,):
+        raise ValueError(f"term_image {tuple(term_image.shape)} and term_weight {tuple(term_weight.shape)} "
+                         f"must both be ({R},), one entry per term")
+    counts = torch.bincount(term_image.cpu())
+    N = counts.numel()
+    if R == 0 or (counts == 0).any():
+        raise ValueError("every image needs at least one term (term_image must cover 0..N-1)")
+    if (pooled is None) != (uncond_pooled is None):
+        raise ValueError("pass pooled and uncond_pooled together (or neither)")
+    L = max(context.shape[1], uncond_context.shape[1])
+    c, cm = _pad_tokens(context, context_mask, L)  # (R, L, D), (R, L)
+    u, um = _pad_tokens(_expand(uncond_context, N), _expand(uncond_mask, N), L)  # (N, L, D), (N, L)
+    # Built once, outside the sampling loop: [terms; uncond] text for the one forward.
+    ctx = torch.cat([c, u])  # (R+N, L, D)
+    mask = torch.cat([cm, um])  # (R+N, L)
+    pool = None if pooled is None else torch.cat([pooled, _expand(uncond_pooled, N)])  # (R+N, E)
+    rows = term_image.to(context.device)  # (R,)
+
+    def composed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != N:
+            raise ValueError(f"latent batch {x.shape[0]} does not match the {N} images the terms describe")
+        out = net(torch.cat([x[rows], x]), torch.cat([t[rows], t]), ctx, mask, pool)  # one forward, R+N
+        cond, uncond = out[:R], out[R:]  # (R, C, h, w), (N, C, h, w)
+        w = term_weight.to(out.device, out.dtype).reshape(R, *[1] * (out.ndim - 1))
+        delta = torch.zeros_like(uncond).index_add_(0, rows, w * (cond - uncond[rows]))  # (N, C, h, w)
+        return uncond + scale * delta
+
+    return composed
