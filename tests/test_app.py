@@ -165,13 +165,13 @@ def test_generate_streams_frames_then_final_images(client, app_model):
     assert "step " in outputs[0][2]
     size = image_size(app_model)
     assert len(gallery) == 2
-    for item in gallery:
+    for k, item in enumerate(gallery):
         with Image.open(item["image"]) as im:
             im.load()
             assert im.size == (size, size)
             # The served PNG carries its settings, like `t2i generate`'s files.
             assert im.text["prompt"] == "a photo of a smiling woman with blond hair"
-            assert (im.text["seed"], im.text["steps"], im.text["sampler"]) == ("3", "24", "dpm++2m")
+            assert (im.text["seed"], im.text["steps"], im.text["sampler"]) == (str(3 + k), "24", "dpm++2m")
     with Image.open(preview) as im:
         assert im.size[1] == size and im.size[0] > 2 * size  # both images, side by side
     assert "per image" in info and "dpm++2m" in info and "seed 3" in info

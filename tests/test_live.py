@@ -139,7 +139,7 @@ def test_piped_session_two_prompts_settings_change_and_metadata(live_model, tmp_
     # The control characters are gone, the emoji stays.
     assert second["prompt"] == "a bald man [31mwearing glasses 🕶️"
     assert (second["seed"], second["steps"], second["sampler"], second["guidance"], second["index"]) == (
-        "7", "3", "ddim", "4.5", "1")
+        "8", "3", "ddim", "4.5", "1")  # image 1 of a seed-7 job has its own seed, 7 + 1
     assert first_size == second_size and (size is None or first_size == (size, size))
     with Image.open(out / "0002.gif") as gif:
         # A preview per step + the final images (PIL merges the last preview, which equals the

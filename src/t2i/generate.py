@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     for i, image in enumerate(images):
         prompt = prompts[i // args.num_images]
         captions.append(prompt)
-        meta = dict(prompt=prompt, negative_prompt=args.negative or "", seed=args.seed, index=i % args.num_images,
+        meta = dict(prompt=prompt, negative_prompt=args.negative or "", seed=args.seed + i, index=i % args.num_images,
                     steps=args.steps, guidance=args.guidance, sampler=args.sampler, model=pipe.model_id)
         path = out / f"{i // args.num_images:02d}_{i % args.num_images:02d}.png"
         image.save(path, pnginfo=png_metadata(**meta))

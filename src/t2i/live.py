@@ -370,10 +370,9 @@ class LiveSession:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         number = next_number(self.out_dir)
         paths = []
-        meta = request.metadata(model=self.pipe.model_id)
         for i, image in enumerate(images):
             path = self.out_dir / f"{number:04d}_{i}.png"
-            image.save(path, pnginfo=png_metadata(**meta, index=i))
+            image.save(path, pnginfo=png_metadata(**request.metadata(model=self.pipe.model_id, index=i)))
             paths.append(path)
         if frames:
             path = self.out_dir / f"{number:04d}.gif"

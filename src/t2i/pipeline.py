@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ DEFAULT_GUIDANCE = 3.0
 DEFAULT_SAMPLER = "dpm++2m"
 MAX_STEPS = 1000
 MAX_IMAGES_PER_CALL = 256
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Largest image side a model config may ask for: a 4096px image is already a 512x512 latent;
 # a hostile or mistyped config.json must fail at load, not when the first latents are allocated.
 MAX_IMAGE_SIZE = 4096
@@ -150,11 +152,23 @@ class T2IPipeline:
     def latent_shape(self) -> tuple[int, int, int]:
         return self.vae.latent_shape(self.image_size)
 
+    @staticmethod
+    def image_generators(n: int, seed: int) -> list[torch.Generator]:
+        """One CPU noise stream per image: image k of a call seeded `seed` draws from `seed + k`
+        (as the popular web UIs do), so each image is reproducible on its own and a seed gives
+        the same start latents on every device."""
+        return [torch.Generator().manual_seed(seed + k) for k in range(n)]
+
+    def noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        """(n, C, h, w) standard normal start latents, row k from generators[k] (drawn on that
+        generator's device), on the pipeline's device."""
+        shape = (1, *self.latent_shape())
+        rows = [torch.randn(shape, generator=g, device=g.device).to(self.device) for g in generators]
+        return torch.cat(rows)
+
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
-        """(n, C, h, w) standard normal from a CPU generator, so a seed gives the same start
-        latents on every device."""
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn((n, *self.latent_shape()), generator=g).to(self.device)
+        """The start latents of a call with `n` images seeded `seed`."""
+        return self.noise(self.image_generators(n, seed))
 
     @torch.no_grad()
     def denoise(
@@ -165,11 +179,12 @@ class T2IPipeline:
         ts: torch.Tensor,
         guidance: float,
         sampler: str,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         callback: Callable | None = None,
     ) -> torch.Tensor:
         """Run `sampler` from `latents` at ts[0] to x0 with classifier-free guidance
-        (Ho & Salimans 2022). cond/uncond text states are per image (N, ...)."""
+        (Ho & Salimans 2022). cond/uncond text states are per image (N, ...); `generator` feeds
+        the stochastic samplers (one for the batch or a list with one per image)."""
 
         hidden, mask, pooled = cond
         u_hidden, u_mask, u_pooled = uncond
@@ -204,24 +219,63 @@ class T2IPipeline:
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
-        num_images: int = 1,
-        steps: int = DEFAULT_STEPS,
-        guidance: float = DEFAULT_GUIDANCE,
+        num_images: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
         sampler: str = DEFAULT_SAMPLER,
         seed: int | None = None,
         init_image=None,
         strength: float = 0.8,
         callback: Callable | None = None,
         output_type: str = "pil",
+        *,
+        num_images_per_prompt: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image=None,
+        callback_on_step_end: Callable | None = None,
+        return_dict: bool | None = None,
     ):
+        """Images for `prompt` (a string or a list; `num_images` per prompt, prompt-major order).
+
+        t2i's names and diffusers' are both accepted (giving both with different values is an
+        error): num_images | num_images_per_prompt, steps | num_inference_steps,
+        guidance | guidance_scale (the same classifier-free guidance scale), init_image | image
+        (img2img from that picture, SDEdit at `strength`).
+
+        Noise: image k of the call uses its own stream, a CPU generator seeded `seed + k`, for its
+        start latents and for any sampler noise, so one image regenerates alone from its seed.
+        `generator` replaces `seed`: one torch.Generator for the whole batch, or a list with one per
+        image (`[torch.Generator().manual_seed(seed + k) for k in range(n)]` equals `seed=seed`).
+
+        output_type: "pil" (list of PIL images), "np" (N,H,W,3) float in [0,1] like diffusers,
+        "pt" (N,3,H,W) float in [-1,1] (t2i's convention; diffusers' "pt" is [0,1]), "latent"
+        (N,C,h,w) denoiser latents, before the VAE decodes them.
+        callback(step, total, x, x0) and callback_on_step_end(pipe, step, timestep, kwargs) with
+        kwargs {"latents": x, "x0": x0} run after every step (what callback_on_step_end returns
+        is not read back: the samplers' latents cannot be replaced mid-run).
+        return_dict: None (default) returns the images themselves; True a T2IPipelineOutput
+        (`.images`, `.seeds`); False the tuple (images,) as diffusers does.
+        """
+        num_images = _either("num_images", num_images, "num_images_per_prompt", num_images_per_prompt, 1)
+        steps = _either("steps", steps, "num_inference_steps", num_inference_steps, DEFAULT_STEPS)
+        guidance = _either("guidance", guidance, "guidance_scale", guidance_scale, DEFAULT_GUIDANCE)
+        init_image = _either("init_image", init_image, "image", image, None)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = _broadcast(negative_prompt, len(prompts))
-        check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=num_images * len(prompts),
-                       strength=strength)
-        if output_type not in ("pil", "pt"):
-            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
-        self.last_seed = seed = secrets.randbits(31) if seed is None else int(seed)
         n = num_images * len(prompts)
+        check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=n, strength=strength)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if generator is not None and seed is not None:
+            raise ValueError("give seed or generator, not both")
+        if generator is None:
+            self.last_seed = seed = secrets.randbits(31) if seed is None else int(seed)
+            generators, seeds = self.image_generators(n, seed), [seed + k for k in range(n)]
+        else:
+            self.last_seed, seeds = None, None
+            generators = _generator_list(generator, n)
 
         # 1. Encode the prompts (once each) and the negative/empty prompts, then repeat per image.
         cond = _repeat(self.encode_prompt(prompts), num_images)
@@ -229,19 +283,67 @@ class T2IPipeline:
 
         # 2. Initial latents: noise at the first timestep, or a noised init image (SDEdit).
         ts = timesteps(self.schedule, steps)  # "dpm++2m-karras" re-spaces them itself
-        latents = self.initial_noise(n, seed)
-        generator = torch.Generator(self.device).manual_seed(seed + 1)
+        latents = self.noise(generators)
         if init_image is not None:
             x0 = self.encode_image(init_image).expand(n, -1, -1, -1)
             ts, latents = img2img_start(self.schedule, ts, x0, strength, noise=latents)
 
         # 3. Denoise.
+        step_callback = _step_callbacks(self, ts, callback, callback_on_step_end)
         if len(ts):
-            latents = self.denoise(latents, cond, uncond, ts, guidance, sampler, generator, callback)
+            latents = self.denoise(latents, cond, uncond, ts, guidance, sampler, generators, step_callback)
 
         # 4. Decode.
-        images = self.decode_latents(latents)
-        return images if output_type == "pt" else tensor_to_pil(images)
+        images = latents if output_type == "latent" else self.decode_latents(latents)
+        if output_type == "pil":
+            images = tensor_to_pil(images)
+        elif output_type == "np":
+            images = ((images + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3) in [0, 1]
+        if return_dict is None:
+            return images
+        return T2IPipelineOutput(images, seeds) if return_dict else (images,)
+
+
+@dataclass
+class T2IPipelineOutput:
+    """What `pipe(..., return_dict=True)` returns; `.images` as in diffusers."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    seeds: list[int] | None  # image k's noise seed; None when the caller passed generators
+
+
+def _either(name, value, alias, alias_value, default):
+    """One setting given under t2i's name or diffusers' (or neither: `default`)."""
+    if value is not None and alias_value is not None and value != alias_value:
+        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one of them")
+    if value is not None:
+        return value
+    return alias_value if alias_value is not None else default
+
+
+def _generator_list(generator, n: int) -> list[torch.Generator]:
+    """A caller's generator(s) as one per image: a single generator is shared by the batch."""
+    if isinstance(generator, torch.Generator):
+        return [generator] * n
+    generators = list(generator)
+    if len(generators) != n or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(f"generator must be a torch.Generator or a list of {n} (one per image), "
+                         f"got {len(generators)} item(s)")
+    return generators
+
+
+def _step_callbacks(pipe, ts: torch.Tensor, callback, on_step_end) -> Callable | None:
+    """The sampler's callback(step, total, x, x0): t2i's `callback` and diffusers'
+    `callback_on_step_end(pipe, step, timestep, {"latents": x, "x0": x0})`, in that order."""
+    if on_step_end is None:
+        return callback
+
+    def both(i, total, x, x0):
+        if callback is not None:
+            callback(i, total, x, x0)
+        on_step_end(pipe, i, ts[i], {"latents": x, "x0": x0})
+
+    return both
 
 
 def check_image_size(image_size, factor: int) -> int:
@@ -322,10 +424,13 @@ def interpolate(
     hidden = torch.cat([torch.lerp(ha, hb, w) for w in weights])
     pooled = torch.cat([torch.lerp(pa, pb, w) for w in weights])
     mask = (ma | mb).expand(frames, -1)  # attend to the union of both prompts' tokens
-    na, nb = pipe.initial_noise(1, seed_a), pipe.initial_noise(1, seed_b)
+    (stream_a,) = pipe.image_generators(1, seed_a)
+    na, nb = pipe.noise([stream_a]), pipe.initial_noise(1, seed_b)
     latents = torch.cat([slerp(na, nb, w) for w in weights])
     uncond = _repeat(pipe.encode_prompt([""]), frames)
     ts = timesteps(pipe.schedule, steps)
-    generator = torch.Generator(pipe.device).manual_seed(seed_a + 1)
-    latents = pipe.denoise(latents, (hidden, mask, pooled), uncond, ts, guidance, sampler, generator)
+    # Every frame continues seed_a's stream from the same state: the stochastic samplers add the
+    # same noise to every frame (a smooth morph), and frame 0 is exactly pipe(prompt_a, seed=seed_a).
+    generators = [torch.Generator().set_state(stream_a.get_state()) for _ in weights]
+    latents = pipe.denoise(latents, (hidden, mask, pooled), uncond, ts, guidance, sampler, generators)
     return tensor_to_pil(pipe.decode_latents(latents))

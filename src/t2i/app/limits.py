@@ -69,10 +69,11 @@ class GenerationRequest:
     seed: int = 0
     num_images: int = 1
 
-    def metadata(self, model: str) -> dict:
-        """The PNG text fields saved with every image."""
-        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps,
-                    guidance=self.guidance, sampler=self.sampler, model=model)
+    def metadata(self, model: str, index: int = 0) -> dict:
+        """The PNG text fields saved with image `index` of the job: its own seed (the job's seed
+        + index, the pipeline's per-image noise stream) regenerates it alone."""
+        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed + index,
+                    index=index, steps=self.steps, guidance=self.guidance, sampler=self.sampler, model=model)
 
 
 def clean_text(text, field: str, max_chars: int) -> str:

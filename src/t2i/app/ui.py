@@ -156,11 +156,11 @@ def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
                 continue
             per_image = frame.elapsed / len(frame.images)
             results = []
-            meta = request.metadata(model=pipe.model_id)
             for i, image in enumerate(frame.images):
                 # gradio writes str-valued `info` entries into the PNG it serves, so a
                 # downloaded image carries its settings like `t2i generate`'s files.
-                image.info.update({k: str(v) for k, v in meta.items()} | {"index": str(i)})
+                meta = request.metadata(model=pipe.model_id, index=i)
+                image.info.update({k: str(v) for k, v in meta.items()})
                 results.append((image, f"#{i}"))
             note = (f"model `{_md(pipe.model_id)}` · sampler {request.sampler} · {request.steps} steps · "
                     f"guidance {request.guidance:g} · seed {request.seed} · "

@@ -10,8 +10,9 @@ Karras spacing); every sampler steps to the clean sample after the last timestep
 
 Per-step coefficients are Python floats computed once before the loop from the (host)
 timesteps, so the loop never reads a device tensor: no host syncs, CUDA-graph friendly.
-Noise comes from `generator` so a seed reproduces an image; a generator on a different device
-than `x` works but costs a copy per step (pass one on x's device when sampling on GPU).
+Noise comes from `generator` so a seed reproduces an image: one generator for the batch, or a
+list with one per row of `x` (row k's noise then depends on its own stream only, whatever else
+is in the batch). A generator on a different device than `x` works but costs a copy per step.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def img2img_start(
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn_like(x: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.cat([_randn_like(x[k : k + 1], g) for k, g in enumerate(generator)])
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
