@@ -145,7 +145,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model, synth_di
     common = ["train", "unet", "--data", str(synth_dir), "--preset", "tiny", "--steps", "4",
               "--mixed-precision", "no", "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    subprocess.run([sys.executable, "-m", "t2i.cli", *common, "--out", str(one), "--batch-size", "8"],
+    subprocess.run([sys.executable, "-m", "t2i", *common, "--out", str(one), "--batch-size", "8"],
                    check=True, env=env, capture_output=True, timeout=600)
 
     hook_dir, writes = tmp_path / "hook", tmp_path / "writes"
@@ -155,7 +155,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model, synth_di
     python_path = os.pathsep.join(p for p in (str(hook_dir), env.get("PYTHONPATH")) if p)
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "t2i.cli", *common,
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "t2i", *common,
          "--out", str(two), "--batch-size", "4", "--gradient-checkpointing"],
         env={**env, "PYTHONPATH": python_path, "T2I_WATCH_DIR": str(two), "T2I_WRITES_DIR": str(writes)},
         capture_output=True, text=True, timeout=600,

@@ -100,5 +100,5 @@ def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":  # `python -m t2i.cli ...`, e.g. under `torchrun -m t2i.cli train unet ...`
+if __name__ == "__main__":  # `python -m t2i.cli ...` (`python -m t2i ...` is the same command line)
     entry()
