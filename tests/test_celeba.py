@@ -17,6 +17,7 @@ import torch
 from t2i.attributes import CELEBA_ATTRIBUTES
 from t2i.data import celeba
 from t2i.data.celeba import FaceDataset, collate_skip_none, read_annotations
+from t2i.data.options import DataOptions
 
 N = 12  # images copied into each test layout
 
@@ -104,13 +105,14 @@ def test_all_layouts_read_the_same_attributes(synth_dir, tmp_path):
 
 def test_imagefolder_layout(synth_dir, tmp_path):
     root = make_imagefolder(synth_dir, tmp_path / "folder")
-    ds = FaceDataset(root)  # "train" = everything: the folder has no splits
+    ds = FaceDataset(root, split="all")
     assert ds.layout == "imagefolder" and len(ds) == N and not ds.has_attributes
     assert ds.attributes.shape == (N, 40) and not ds.attributes.any()
     assert ds[3]["caption"] == "a face number 3"
-    assert len(FaceDataset(root, split="all")) == N
-    with pytest.raises(ValueError, match="split"):
-        FaceDataset(root, split="val")
+    # No split of its own: carved out by a hash of the file name (data/options.py)
+    sizes = [len(FaceDataset(root, split=s)) for s in ("train", "val", "test")]
+    assert sum(sizes) == N and sizes[0] > 0
+    assert len(FaceDataset(root, options=DataOptions(val_fraction=0.0, test_fraction=0.0))) == N
 
 
 def test_synth_dir_samples(synth_dir):

@@ -1,16 +1,21 @@
-"""Face datasets in CelebA's layouts: (image, caption, attributes) samples.
+"""Datasets of (image, caption, attributes) samples: CelebA's layouts, and the caption
+datasets people already have (Hugging Face imagefolder, parquet: data/imagefolder.py,
+data/parquet.py).
 
 Layouts recognised under `root` (checked in this order):
 - "torchvision": `root/celeba/` holding the official layout (torchvision's `CelebA(root)`).
 - "celeba":      `img_align_celeba/*.jpg`, `list_attr_celeba.txt`, `list_eval_partition.txt`.
 - "kaggle":      `img_align_celeba/img_align_celeba/*.jpg`, `list_attr_celeba.csv`
                  (`image_id` column, -1/1) and `list_eval_partition.csv` (`image_id,partition`).
-- "imagefolder": images with `metadata.jsonl` lines `{"file_name": ..., "text": ...}` (the
-                 Hugging Face imagefolder convention); no attributes (zeros), no splits.
+- "imagefolder": images with `metadata.jsonl` or `metadata.csv` (`file_name` + captions), at the
+                 top or in train/, validation/, test/ folders (the Hugging Face convention).
+- "parquet":     `*.parquet` (or `save_to_disk`'s `*.arrow`) files with an image and a caption
+                 column; `root` may also be a single such file.
+A dataset without a split of its own is split by a hash of each file name (`DataOptions`).
 
 Text files tolerate a UTF-8 BOM, CRLF line ends, runs of spaces and trailing spaces. Bad
-annotations raise ValueError/FileNotFoundError naming the file and line; an image that is
-missing or unreadable at load time yields `None` (counted in `dataset.skipped`, also when
+annotations raise ValueError/FileNotFoundError naming the file and line (or row); an image that
+is missing or unreadable at load time yields `None` (counted in `dataset.skipped`, also when
 DataLoader workers load it, and warned once), which `collate_skip_none` drops.
 """
 
@@ -22,7 +27,7 @@ import os
 import random
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +35,14 @@ import torch
 from PIL import Image
 
 from t2i.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+from t2i.data.annotations import Annotations, inside, read_lines
+from t2i.data.options import DataOptions, split_of
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 # ----------------------------------------------------------------------------- annotations
-
-
-@dataclass
-class Annotations:
-    """Everything read from a dataset's text files (no image is opened)."""
-
-    root: Path  # the directory holding the annotation files
-    layout: str
-    image_dir: Path
-    image_ids: list[str]  # file names relative to image_dir
-    attributes: np.ndarray  # (N, 40) float32 in {0, 1}
-    partition: np.ndarray | None  # (N,) int8 0/1/2, or None when the layout has no splits
-    has_attributes: bool
-    texts: list[list[str]] | None = None  # imagefolder captions
-
-
-def _read_lines(path: Path) -> list[str]:
-    """Lines of a text file with BOM, CRLF and trailing whitespace removed."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-    return [ln.rstrip() for ln in text.splitlines()]
 
 
 def _check_header(names: list[str], path: Path, lineno: int) -> list[int]:
@@ -86,7 +70,7 @@ def _parse_values(values: list[str], path: Path, lineno: int) -> list[float]:
 
 def read_attr_txt(path: Path) -> tuple[list[str], np.ndarray]:
     """Official `list_attr_celeba.txt`: count, names, then `file v1 ... v40` rows."""
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if len(lines) < 2:
         raise ValueError(f"{path}: expected a count line and an attribute-name line, got {len(lines)} line(s)")
     try:
@@ -111,7 +95,7 @@ def read_attr_txt(path: Path) -> tuple[list[str], np.ndarray]:
 
 def read_attr_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """Kaggle `list_attr_celeba.csv`: `image_id,5_o_Clock_Shadow,...` then -1/1 rows."""
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if not lines:
         raise ValueError(f"{path}: empty file")
     header = [h.strip() for h in lines[0].split(",")]
@@ -139,7 +123,7 @@ def _reorder(rows: list[list[float]], order: list[int]) -> np.ndarray:
 
 
 def read_partition(path: Path, csv: bool) -> dict[str, int]:
-    lines = _read_lines(path)
+    lines = read_lines(path)
     out = {}
     start = 1 if csv else 0
     if csv and (not lines or [h.strip() for h in lines[0].split(",")] != ["image_id", "partition"]):
@@ -154,64 +138,18 @@ def read_partition(path: Path, csv: bool) -> dict[str, int]:
     return out
 
 
-def _inside(root: Path, rel: str, where: str, what: str = "file_name") -> str:
-    """Reject file names that escape `root` (../, absolute paths, symlinks pointing out)."""
-    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel.split("/")[0]:
-        raise ValueError(f"{where}: {what} {rel!r} must be a relative path inside {root}")
-    real_root = root.resolve()
-    target = (root / rel).resolve()
-    if target != real_root and real_root not in target.parents:
-        raise ValueError(f"{where}: {what} {rel!r} points outside the dataset root {root} (to {target})")
-    return rel
-
-
-def read_metadata_jsonl(root: Path) -> tuple[list[str], list[list[str]], np.ndarray, bool]:
-    path = root / "metadata.jsonl"
-    _inside(root, path.name, str(path), what="file")  # a symlink out would read someone else's list
-    ids, texts, rows = [], [], []
-    any_attr = False
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
-            raise ValueError(f"{path}:{lineno}: expected an object with a string 'file_name'")
-        rel = _inside(root, rec["file_name"], f"{path}:{lineno}")
-        text = rec.get("text", rec.get("caption", []))
-        text = [text] if isinstance(text, str) else text
-        if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
-            raise ValueError(f"{path}:{lineno}: 'text' must be a string or a list of strings")
-        attrs = rec.get("attributes")
-        row = np.zeros(NUM_ATTRIBUTES, dtype=np.float32)
-        if attrs is not None:
-            any_attr = True
-            if isinstance(attrs, dict):
-                for k, v in attrs.items():
-                    if k not in ATTRIBUTE_INDEX:
-                        raise ValueError(f"{path}:{lineno}: unknown attribute {k!r}")
-                    row[ATTRIBUTE_INDEX[k]] = float(v > 0)
-            elif isinstance(attrs, list) and len(attrs) == NUM_ATTRIBUTES:
-                row[:] = (np.asarray(attrs, dtype=np.float32) > 0)
-            else:
-                raise ValueError(f"{path}:{lineno}: 'attributes' must be a dict or a list of {NUM_ATTRIBUTES}")
-        ids.append(rel)
-        texts.append([t for t in text if t.strip()])
-        rows.append(row)
-    if not ids:
-        raise ValueError(f"{path}: no images listed")
-    return ids, texts, np.stack(rows), any_attr
-
-
 def detect_layout(root) -> tuple[str, Path]:
-    """(layout name, directory holding the annotation files)."""
+    """(layout name, directory holding the annotation files, or the parquet file itself)."""
+    from t2i.data.imagefolder import find_metadata
+    from t2i.data.parquet import find_shards
+
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"dataset directory not found: {root}")
+    if root.is_file() and root.suffix in (".parquet", ".arrow"):
+        return "parquet", root
     if not root.is_dir():
-        raise NotADirectoryError(f"dataset path is not a directory: {root}")
+        raise NotADirectoryError(f"dataset path is not a directory (or a .parquet file): {root}")
     nested = root / "celeba"
     if (nested / "list_attr_celeba.txt").is_file():
         return "torchvision", nested
@@ -219,42 +157,58 @@ def detect_layout(root) -> tuple[str, Path]:
         return "celeba", root
     if (root / "list_attr_celeba.csv").is_file():
         return "kaggle", root
-    if (root / "metadata.jsonl").is_file():
+    if find_metadata(root):
         return "imagefolder", root
+    if find_shards(root):
+        return "parquet", root
     raise FileNotFoundError(
         f"{root}: no dataset found: expected list_attr_celeba.txt (official CelebA), celeba/list_attr_celeba.txt "
-        f"(torchvision), list_attr_celeba.csv (Kaggle) or metadata.jsonl (image folder)")
+        f"(torchvision), list_attr_celeba.csv (Kaggle), metadata.jsonl or metadata.csv (image folder, at the "
+        f"top or in train/ validation/ test/) or *.parquet files")
 
 
-def read_annotations(root) -> Annotations:
+def read_annotations(root, options: DataOptions | None = None) -> Annotations:
+    options = options or DataOptions()
     layout, base = detect_layout(root)
     if layout == "imagefolder":
-        ids, texts, attrs, has = read_metadata_jsonl(base)
-        return Annotations(base, layout, base, ids, attrs, None, has, texts)
+        from t2i.data.imagefolder import read_imagefolder
+
+        return read_imagefolder(base, options)
+    if layout == "parquet":
+        from t2i.data.parquet import read_parquet
+
+        return read_parquet(base, options)
     if layout == "kaggle":
-        ids, attrs = read_attr_csv(base / "list_attr_celeba.csv")
+        attr_file = base / "list_attr_celeba.csv"
+        ids, attrs = read_attr_csv(attr_file)
         part_path, csv = base / "list_eval_partition.csv", True
         image_dir = base / "img_align_celeba" / "img_align_celeba"
         if not image_dir.is_dir():
             image_dir = base / "img_align_celeba"
     else:
-        ids, attrs = read_attr_txt(base / "list_attr_celeba.txt")
+        attr_file = base / "list_attr_celeba.txt"
+        ids, attrs = read_attr_txt(attr_file)
         part_path, csv = base / "list_eval_partition.txt", False
         image_dir = base / "img_align_celeba"
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{base}: image directory not found: {image_dir}")
-    attr_file = base / ("list_attr_celeba.csv" if layout == "kaggle" else "list_attr_celeba.txt")
     for i in ids:  # plain file names only (cheap check: CelebA lists 200k of them)
         if "/" in i or "\\" in i or i in (".", ".."):
             raise ValueError(f"{attr_file}: image name {i!r} must be a plain file name inside {image_dir}")
-    partition = None
+    files = [attr_file]
     if part_path.is_file():
         parts = read_partition(part_path, csv)
         missing = [i for i in ids if i not in parts]
         if missing:
             raise ValueError(f"{part_path}: no partition for {len(missing)} image(s), e.g. {missing[0]!r}")
         partition = np.asarray([parts[i] for i in ids], dtype=np.int8)
-    return Annotations(base, layout, image_dir, ids, attrs, partition, True)
+        files.append(part_path)
+        how = part_path.name
+    else:
+        partition = np.asarray([split_of(i, options) for i in ids], dtype=np.int8)
+        how = (f"no {part_path.name}: carved out by file-name hash (val {options.val_fraction}, "
+               f"test {options.test_fraction}, seed {options.split_seed})")
+    return Annotations(base, layout, image_dir, ids, attrs, partition, True, files=files, split_source=how)
 
 
 # ----------------------------------------------------------------------------- images
@@ -274,8 +228,11 @@ def load_image(path, image_size: int) -> np.ndarray:
         return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy)
 
 
-def _load_or_none(args: tuple[str, int]) -> np.ndarray | None:
+def _load_or_none(args: tuple[str | bytes, int]) -> np.ndarray | None:
+    """(image path or encoded bytes, size) -> the image, or None when it cannot be decoded."""
     try:
+        if isinstance(args[0], bytes):
+            return load_image(BytesIO(args[0]), args[1])
         return load_image(args[0], args[1])
     except Exception:  # noqa: BLE001 - any decode failure means "skip this image"
         return None
@@ -319,36 +276,34 @@ class _LazyCaptions:
 class FaceDataset(torch.utils.data.Dataset):
     """(image, caption, attributes) samples from any supported layout.
 
+    `options` (DataOptions) say how to read a dataset that does not say it itself: the caption
+    column, and the carve-out fractions where it has no split. A caption-only dataset has
+    `has_attributes` False and all-zero `attributes`.
+
     `ds[i]` or `ds[(i, sample_seed)]` -> {"image": (3,S,S) float32 in [-1,1], "caption": str,
     "attributes": (40,) float32 {0,1}, "index": i}, or None for an unreadable image. The sample
     seed (default: i) picks the caption and, with `flip=True`, the horizontal flip.
     """
 
     def __init__(self, root, split: str = "train", image_size: int = 64, flip: bool = False,
-                 captions=None, caption_seed: int = 0, preload: bool = False, workers: int | None = None):
+                 captions=None, caption_seed: int = 0, preload: bool = False, workers: int | None = None,
+                 options: DataOptions | None = None):
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be train, val, test or all, got {split!r}")
         if int(image_size) < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
-        ann = read_annotations(root)
+        ann = read_annotations(root, options)
         self.root, self.layout, self.split = Path(root), ann.layout, split
         self.image_size, self.flip = int(image_size), bool(flip)
         self.image_dir = ann.image_dir
-        if split == "all":
-            keep = np.arange(len(ann.image_ids))
-        elif ann.partition is None:
-            if ann.layout == "imagefolder" and split == "train":
-                keep = np.arange(len(ann.image_ids))  # no splits: train on everything
-            else:
-                raise ValueError(f"{ann.root}: layout {ann.layout!r} has no split file, so split {split!r} "
-                                 f"does not exist (use split='all')")
-        else:
-            keep = np.nonzero(ann.partition == SPLITS[split])[0]
+        keep = np.arange(len(ann.image_ids)) if split == "all" else np.nonzero(ann.partition == SPLITS[split])[0]
         self.image_ids = [ann.image_ids[i] for i in keep]
+        self._image_bytes, self._rows = ann.images, keep  # images inside the annotation files (parquet)
+        self.annotation_files = list(ann.files)
+        self.split_source = ann.split_source
         self.attributes = np.ascontiguousarray(ann.attributes[keep], dtype=np.float32)
         self.has_attributes = ann.has_attributes
-        self.split_counts = ({s: int((ann.partition == k).sum()) for s, k in SPLITS.items()}
-                             if ann.partition is not None else {"all": len(ann.image_ids)})
+        self.split_counts = {s: int((ann.partition == k).sum()) for s, k in SPLITS.items()}
         self.captions = self._load_captions(ann, keep, captions, caption_seed)
         # Bad-image marks and the warned-once flag live in shared memory: DataLoader workers
         # (forked or spawned) write to the same pages, so `skipped` counts in the main process too.
@@ -356,7 +311,8 @@ class FaceDataset(torch.utils.data.Dataset):
         self._warned = torch.zeros(1, dtype=torch.bool).share_memory_()
         self.pixels: torch.Tensor | None = None
         self._valid: np.ndarray | None = None
-        if len(self.image_ids) and not any((self.image_dir / i).is_file() for i in self.image_ids[:20]):
+        if (self._image_bytes is None and len(self.image_ids)
+                and not any((self.image_dir / i).is_file() for i in self.image_ids[:20])):
             raise FileNotFoundError(f"{self.image_dir}: none of the first listed images exist "
                                     f"(e.g. {self.image_ids[0]!r}); is the image folder right?")
         if preload:
@@ -370,20 +326,16 @@ class FaceDataset(torch.utils.data.Dataset):
 
         default = ann.root / "captions.json"
         if captions is None and default.is_file():
-            _inside(ann.root, default.name, str(default), what="file")  # an explicit `captions` may be anywhere
+            inside(ann.root, default.name, str(default), what="file")  # an explicit `captions` may be anywhere
             captions = default
         if captions is not None:
             table = load_captions_file(captions, self.image_ids)
             self.caption_source = str(captions)
+            self.annotation_files.append(Path(captions))
             return [table[i] for i in self.image_ids]
-        if ann.texts is not None:
-            texts = [ann.texts[i] for i in keep]
-            empty = [self.image_ids[j] for j, t in enumerate(texts) if not t]
-            if empty and not ann.has_attributes:
-                raise ValueError(f"{ann.root / 'metadata.jsonl'}: image {empty[0]!r} has no 'text' and no attributes")
-            if not empty:
-                self.caption_source = str(ann.root / "metadata.jsonl")
-                return texts
+        if ann.texts is not None:  # the readers refuse empty captions, naming the line or row
+            self.caption_source = str(ann.caption_file)
+            return [ann.texts[i] for i in keep]
         self.caption_source = f"made from attributes on the fly (caption seed {seed})"
         return _LazyCaptions(self.attributes, self.image_ids, seed)
 
@@ -391,6 +343,10 @@ class FaceDataset(torch.utils.data.Dataset):
     def _cache_key(self) -> str:
         h = hashlib.sha1()
         h.update(f"v1 {self.layout} {self.image_size}\n".encode())
+        if self._image_bytes is not None:  # images live in the annotation files
+            for f in self.annotation_files:
+                st = os.stat(f)
+                h.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
         for i in self.image_ids:
             try:
                 st = os.stat(self.image_dir / i)
@@ -420,7 +376,10 @@ class FaceDataset(torch.utils.data.Dataset):
         valid = np.ones(n, dtype=bool)
         jobs = [(str(self.image_dir / i), S) for i in self.image_ids]
         workers = (os.cpu_count() or 1) if workers is None else workers
-        if workers > 1 and n >= 2000:
+        if self._image_bytes is not None:  # in row order: each row group is read once
+            for j in range(n):
+                self._store(arr, valid, j, _load_or_none((self._read_bytes(j), S)))
+        elif workers > 1 and n >= 2000:
             with ProcessPoolExecutor(workers) as ex:
                 results = ex.map(_load_or_none, jobs, chunksize=256)
                 for j, img in enumerate(results):
@@ -464,14 +423,30 @@ class FaceDataset(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def count_missing(self) -> int:
-        """Listed images of this split with no file on disk (one stat each, nothing decoded)."""
+        """Listed images of this split with no file on disk (one stat each, nothing decoded;
+        images stored inside parquet files are never missing)."""
+        if self._image_bytes is not None:
+            return 0
         return sum(not os.path.isfile(self.image_dir / i) for i in self.image_ids)
+
+    def _read_bytes(self, i: int) -> bytes:
+        """Encoded image i of a dataset that stores images in its annotation files."""
+        try:
+            return self._image_bytes.read(int(self._rows[i]))
+        except (OSError, ValueError):
+            return b""  # decodes to nothing: skipped and counted like a corrupt file
+
+    def describe(self, i: int) -> str:
+        """Where image i comes from, for messages."""
+        if self._image_bytes is not None:
+            return self._image_bytes.describe(int(self._rows[i]))
+        return str(self.image_dir / self.image_ids[i])
 
     def _skip(self, i: int, why: str):
         self._bad[i] = True
         if not self._warned[0]:
             self._warned[0] = True
-            warnings.warn(f"skipping unreadable image {self.image_dir / self.image_ids[i]} ({why}); "
+            warnings.warn(f"skipping unreadable image {self.describe(i)} ({why}); "
                           f"further bad images are skipped silently and counted in dataset.skipped", stacklevel=3)
         return None
 
@@ -490,7 +465,7 @@ class FaceDataset(torch.utils.data.Dataset):
                 return self._skip(i, "unreadable at preload")
             chw = self.pixels[i]
         else:
-            path = self.image_dir / self.image_ids[i]
+            path = self.image_dir / self.image_ids[i] if self._image_bytes is None else BytesIO(self._read_bytes(i))
             try:
                 hwc = load_image(path, self.image_size)
             except FileNotFoundError:
@@ -509,7 +484,7 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def summary(self) -> dict:
         return {"root": str(self.root), "layout": self.layout, "split": self.split, "images": len(self),
-                "splits": self.split_counts, "image_size": self.image_size,
+                "splits": self.split_counts, "split_source": self.split_source, "image_size": self.image_size,
                 "has_attributes": self.has_attributes, "skipped": self.skipped, "captions": self.caption_source,
                 "preloaded": self.pixels is not None}
 
