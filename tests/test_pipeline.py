@@ -131,8 +131,8 @@ def test_generate_cli_writes_pngs_with_metadata(tiny_model, tmp_path, capsys):
         code = main(["generate", "a smiling man", "--model", str(tiny_model), "-n", "2", "--steps", "3",
                      "--seed", "5", "--out", str(out)])
     assert code == 0
-    pngs = sorted(out.glob("00_*.png"))
-    assert len(pngs) == 2 and (out / "grid.png").is_file()
+    pngs = sorted((out / "0001").glob("00_*.png"))
+    assert len(pngs) == 2 and (out / "0001" / "grid.png").is_file()
     meta = json.loads(Image.open(pngs[1]).text["t2i"])
     assert meta["prompt"] == "a smiling man" and meta["seed"] == 6 and meta["steps"] == 3  # its own seed: 5 + 1
     assert meta["index"] == 1 and meta["sampler"] == "dpm++2m"
@@ -151,7 +151,7 @@ def test_generate_cli_bf16_matches_fp32(tiny_model, tmp_path):
         out = tmp_path / precision
         assert main(["generate", "a smiling man", "--model", str(tiny_model), "-n", "1", "--steps", "3",
                      "--seed", "5", "--precision", precision, "--out", str(out)]) == 0
-        return np.asarray(Image.open(out / "00_00.png"), dtype=np.float32)
+        return np.asarray(Image.open(out / "0001" / "00_00.png"), dtype=np.float32)
 
     fp32, bf16 = run("fp32"), run("bf16")
     # bf16 autocast changes rounding, not the picture: well under one level out of 255 on average.

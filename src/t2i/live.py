@@ -34,7 +34,7 @@ from t2i.app.limits import (
     validate_request,
 )
 from t2i.app.stream import Frame, stream_generation, truncation_note
-from t2i.generate import png_metadata
+from t2i.generate import next_number, png_metadata
 from t2i.pipeline import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -379,12 +379,6 @@ class LiveSession:
             save_animation(frames, path)
             paths.append(path)
         return paths
-
-
-def next_number(out_dir: Path) -> int:
-    """One more than the highest NNNN_ prefix in the folder, so a new session never overwrites."""
-    numbers = [int(p.name[:4]) for p in out_dir.iterdir() if p.name[:4].isdigit()]
-    return max(numbers, default=0) + 1
 
 
 def save_animation(frames: list[Image.Image], path: Path, min_size: int = 192) -> None:

@@ -414,9 +414,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 def interpolate(
     pipe: T2IPipeline, prompt_a: str, prompt_b: str, seed_a: int = 0, seed_b: int = 1, frames: int = 8,
     steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, sampler: str = DEFAULT_SAMPLER,
+    callback: Callable | None = None,
 ) -> list[Image.Image]:
     """Images morphing from (prompt_a, seed_a) to (prompt_b, seed_b): slerp on the start noise,
-    lerp on the text states."""
+    lerp on the text states. `callback` as in `T2IPipeline.__call__`."""
     check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=frames)
     ha, ma, pa = pipe.encode_prompt([prompt_a])
     hb, mb, pb = pipe.encode_prompt([prompt_b])
@@ -432,5 +433,5 @@ def interpolate(
     # Every frame continues seed_a's stream from the same state: the stochastic samplers add the
     # same noise to every frame (a smooth morph), and frame 0 is exactly pipe(prompt_a, seed=seed_a).
     generators = [torch.Generator().set_state(stream_a.get_state()) for _ in weights]
-    latents = pipe.denoise(latents, (hidden, mask, pooled), uncond, ts, guidance, sampler, generators)
+    latents = pipe.denoise(latents, (hidden, mask, pooled), uncond, ts, guidance, sampler, generators, callback)
     return tensor_to_pil(pipe.decode_latents(latents))
