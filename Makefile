@@ -2,7 +2,7 @@
 PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU wheel of this release lies on disk here; an unpinned torch would pull a CUDA build.
+# torch is pinned to a release with a CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 DATA   ?= data/synthfaces
 MODEL  ?= runs/demo

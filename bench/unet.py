@@ -5,13 +5,15 @@ training throughput (forward + backward + AdamW step; img/s and achieved TFLOP/s
 counted FLOPs of one step), sampling latency per step (no-grad forward) at batch 1 and 16,
 and peak memory on CUDA. Models:
 
-  diffusers-seed  the seed's denoiser: UNet2DConditionModel, blocks 64/128/256, cross-attention
-                  at 8x8 and 4x4 (+ mid), cross_attention_dim 1280 (29.3M parameters)
-  t2i-equal       t2i's UNet scaled to the same parameter count, same text input (1280-wide)
-  t2i-equal-nokv  the same without reusing the text K/V projections across sampling steps
-  t2i-synth64     the synth64 preset that `t2i train` uses (128-wide text, pooled embedding)
+  diffusers-baseline  the baseline's denoiser. The reference project (Text-To-Image-From-Scratch:
+                      diffusers UNet2DConditionModel, pretrained DistilBERT, 400 DDPM steps)
+                      uses UNet2DConditionModel with blocks 64/128/256, cross-attention at 8x8
+                      and 4x4 (+ mid), cross_attention_dim 1280 (29.3M parameters)
+  t2i-equal           t2i's UNet scaled to the same parameter count, same text input (1280-wide)
+  t2i-equal-nokv      the same without reusing the text K/V projections across sampling steps
+  t2i-synth64         the synth64 preset that `t2i train` uses (128-wide text, pooled embedding)
 
-All see 4x16x16 latents and `--context-len` text tokens (16 by default: the seed's 1.63
+All see 4x16x16 latents and `--context-len` text tokens (16 by default: the baseline's 1.63
 GFLOP/img corresponds to ~14-16 tokens). Rounds are interleaved across models and the
 median (and best) round is reported, because the machine may be shared.
 
@@ -39,7 +41,7 @@ from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig  # noqa: E402
 
 LATENT = (4, 16, 16)
 
-# t2i's UNet scaled to the seed's parameter count (29.3M) and fed the same 1280-wide text.
+# t2i's UNet scaled to the baseline's parameter count (29.3M) and fed the same 1280-wide text.
 # Same family as the synth64 preset (one ResBlock per level down, two up), grown by one more
 # level (2x2) and wider coarse levels: a parameter costs ~2*h*w FLOPs per image, so parameters
 # placed at 4x4 and 2x2 are 16-64x cheaper than at 16x16. No attention at 16x16 (256 tokens),
@@ -50,7 +52,7 @@ T2I_EQUAL = UNetConfig(
 )
 
 
-def diffusers_seed():
+def diffusers_baseline():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -91,8 +93,8 @@ class Spec:
 def build_specs(names, device, channels_last):
     specs = []
     for name in names:
-        if name == "diffusers-seed":
-            spec = Spec(name, diffusers_seed(), 1280, 0, is_diffusers=True)
+        if name == "diffusers-baseline":
+            spec = Spec(name, diffusers_baseline(), 1280, 0, is_diffusers=True)
         elif name in ("t2i-equal", "t2i-equal-nokv"):
             spec = Spec(name, UNet(T2I_EQUAL), 1280, 0)
             # -nokv: without reusing the text K/V projections across sampling steps
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--context-len", type=int, default=16)
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 5, quick 2)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--models", default="diffusers-seed,t2i-equal,t2i-equal-nokv,t2i-synth64")
+    p.add_argument("--models", default="diffusers-baseline,t2i-equal,t2i-equal-nokv,t2i-synth64")
     p.add_argument("--out", default="", help="JSON path (default bench/results/unet_<device>.json)")
     args = p.parse_args(argv)
 
@@ -306,10 +308,10 @@ def main(argv=None) -> int:
     # Ratios against diffusers' UNet (> 1 means t2i is faster): wall-clock medians, and on CPU
     # also process-CPU-time medians (steadier on a shared machine).
     ratios = {}
-    if "diffusers-seed" in results:
-        ref = results["diffusers-seed"]
+    if "diffusers-baseline" in results:
+        ref = results["diffusers-baseline"]
         for name, res in results.items():
-            if name == "diffusers-seed":
+            if name == "diffusers-baseline":
                 continue
             r = {"params": res["params"] / ref["params"],
                  "fwd_flops": res["fwd_gflop_per_img"] / ref["fwd_gflop_per_img"],
@@ -343,7 +345,7 @@ def main(argv=None) -> int:
                      "rounds": rounds, "train_iters": train_iters, "sample_iters": sample_iters},
         "t2i_equal_config": T2I_EQUAL.__dict__,
         "results": results,
-        "ratios_vs_diffusers_seed": ratios,
+        "ratios_vs_diffusers_baseline": ratios,
     }
     out = Path(args.out or f"bench/results/unet_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +361,7 @@ def main(argv=None) -> int:
             cols[f"sample_cpu_ms_per_step_b{b}"] = f"cpu-ms/step b{b}"
     if device.type == "cuda":
         cols["peak_mem_mib"] = "peak MiB (train)"
-    print(f"{'model':16s}" + "".join(f"{c:>17s}" for c in cols.values()))
+    print(f"{'model':20s}" + "".join(f"{c:>17s}" for c in cols.values()))
     for name, res in results.items():
         cells = []
         for c in cols:
@@ -372,9 +374,9 @@ def main(argv=None) -> int:
                 cells.append(f"{v:.3f}")
             else:
                 cells.append(f"{v:.1f}")
-        print(f"{name:16s}" + "".join(f"{c:>17s}" for c in cells))
+        print(f"{name:20s}" + "".join(f"{c:>17s}" for c in cells))
     for name, r in ratios.items():
-        print(f"{name} vs diffusers-seed: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
+        print(f"{name} vs diffusers-baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     print(f"wrote {out}")
     return 0
 

@@ -50,7 +50,7 @@ class ToyStage(Stage):
     def training_step(self, batch, ctx):
         if ctx.step == self.signal_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        noise = ctx.randn(batch["x"].shape[0], 8) * 0.01  # exercises the seeded draws
+        noise = ctx.randn(batch["x"].shape[0], 8) * 0.01  # exercises the step-seeded draws
         loss = (ctx.models["net"](batch["x"] + noise) - batch["y"]).pow(2).mean()
         if ctx.step in self.nan_at:
             loss = loss * float("nan")

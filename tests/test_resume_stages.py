@@ -1,4 +1,4 @@
-"""Every training stage resumes exactly: N steps straight == N/2, SIGTERM, resume, N/2 (issue 9).
+"""Every training stage resumes exactly: N steps straight == N/2, SIGTERM, resume, N/2.
 
 The signal is sent from inside step 2 (as a scheduler pre-empting the job would); the loop
 finishes that step, writes a checkpoint, and the CLI exits with 143. Rerunning the same command

@@ -1,5 +1,5 @@
 """`t2i train all`: every stage in order, up-to-date stages skipped, an interrupted run resumes
-to the same final model and metrics as an uninterrupted one (issue 8)."""
+to the same final model and metrics as an uninterrupted one."""
 
 import json
 import os

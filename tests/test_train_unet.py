@@ -1,4 +1,4 @@
-"""The UNet stage: exact resume after SIGTERM, and 2 processes == 1 process (issue 9)."""
+"""The UNet stage: exact resume after SIGTERM, and 2 processes == 1 process."""
 
 import json
 import os
