@@ -264,6 +264,14 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     out = tmp_path / "model"
     assert _train(synth_dir, out, "--steps", "3") == 0
     assert (out / "tokenizer.json").is_file()
+    # The words of the training captions are recorded beside the tokenizer, with counts.
+    from t2i.data.celeba import FaceDataset
+    from t2i.vocabulary import Vocabulary, count_words
+
+    vocab = Vocabulary.load(out)
+    captions = [c for caps in FaceDataset(synth_dir, split="train").captions for c in caps]
+    assert vocab.counts == dict(count_words(captions)) and vocab.captions == len(captions)
+    assert {"woman", "photo"} <= set(vocab.counts)
     enc = TextEncoder.from_pretrained(out)
     hidden, mask, pooled = enc.encode(["a smiling woman wearing a hat", ""])
     assert hidden.shape[:2] == mask.shape == (2, enc.context_length) and pooled.shape == (2, enc.embed_dim)

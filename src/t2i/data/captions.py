@@ -39,7 +39,11 @@ HAIR_TEXTURE = ("Wavy_Hair", "Straight_Hair")
 class Phrases:
     """How one attribute is said. `kind` decides where it goes in the sentence:
     noun (subject), adj (before the subject), hair (colour/texture words before "hair"),
-    with ("with X"), wear ("wearing X"), photo ("a X photo of")."""
+    with ("with X"), wear ("wearing X"), photo ("a X photo of").
+
+    `pos`/`neg` are the core wording (the first of each is the canonical one); the
+    `everyday*` fields are the other ways people say the same thing (colloquial nouns,
+    colour and age words, garments by name), drawn for up to half of the mentions."""
 
     kind: str
     pos: tuple[str, ...]  # phrases asserting the salient value
@@ -47,6 +51,9 @@ class Phrases:
     salient: bool = True  # which value is "present" (False only for No_Beard)
     neg_parse: tuple[str, ...] = field(default=())  # extra phrases the parser reads as negative
     adj: tuple[str, ...] = ()  # said before the noun in the adjective/tag skeletons ("smiling")
+    everyday: tuple[str, ...] = ()  # everyday phrases of the same kind ("specs", "a beanie")
+    everyday_adj: tuple[str, ...] = ()  # everyday adjectives before the noun ("bespectacled")
+    everyday_neg: tuple[str, ...] = ()  # everyday phrases for the other value ("senior", "beardless")
 
 
 def _bare(phrase: str) -> str:
@@ -62,52 +69,109 @@ def _with_neg(*nouns: str) -> tuple[str, ...]:
 
 
 VOCAB: dict[str, Phrases] = {
-    "Male": Phrases("noun", ("man", "guy", "male", "gentleman"), ("woman", "lady", "female")),
-    "Young": Phrases("adj", ("young", "youthful"), ("old", "elderly", "older")),
-    "Bald": Phrases("adj", ("bald",), ("a full head of hair",), neg_parse=("not bald",)),
-    "Chubby": Phrases("adj", ("chubby", "plump"), ("a slim face",), neg_parse=("not chubby",)),
+    "Male": Phrases("noun", ("man", "guy", "male", "gentleman"), ("woman", "lady", "female"),
+                    everyday=("bloke", "fellow", "gent", "lad", "chap", "dude"), everyday_neg=("lass", "gal")),
+    "Young": Phrases("adj", ("young", "youthful"), ("old", "elderly", "older"),
+                     everyday=("young-looking", "fresh-faced", "teenage", "twenty-something"),
+                     everyday_neg=("senior", "aged", "middle-aged", "mature", "wrinkled")),
+    "Bald": Phrases("adj", ("bald",), ("a full head of hair",), neg_parse=("not bald",),
+                    everyday=("bald-headed", "hairless", "shaven-headed")),
+    "Chubby": Phrases("adj", ("chubby", "plump"), ("a slim face",), neg_parse=("not chubby",),
+                      everyday=("chunky", "round-faced", "heavyset", "tubby", "stout"),
+                      everyday_neg=("a thin face", "a lean face")),
     "Smiling": Phrases("with", ("a smile", "a big smile", "a happy smile"),
                        ("a serious expression", "a neutral expression", "no smile"),
-                       neg_parse=("not smiling", "without a smile"), adj=("smiling",)),
+                       neg_parse=("not smiling", "without a smile"), adj=("smiling",),
+                       everyday=("a grin", "a broad grin", "a cheerful smile", "a warm smile"),
+                       everyday_adj=("beaming", "grinning", "smiley", "cheerful"),
+                       everyday_neg=("a straight face", "a stern look", "a solemn expression", "unsmiling")),
     "Mouth_Slightly_Open": Phrases("with", ("a slightly open mouth", "an open mouth", "parted lips"),
-                                   ("a closed mouth", "closed lips")),
+                                   ("a closed mouth", "closed lips"),
+                                   everyday=("lips apart", "a half-open mouth", "a gaping mouth"),
+                                   everyday_adj=("open-mouthed",),
+                                   everyday_neg=("a shut mouth", "lips pressed together")),
     # Hair colours before the noun say "-haired" ("a black woman" would name skin, not hair).
-    "Black_Hair": Phrases("hair", ("black", "jet-black"), ("no black hair",), adj=("black-haired",)),
-    "Blond_Hair": Phrases("hair", ("blond", "blonde", "golden"), ("no blond hair",), adj=("blond", "blond-haired")),
-    "Brown_Hair": Phrases("hair", ("brown", "chestnut"), ("no brown hair",), adj=("brown-haired",)),
+    "Black_Hair": Phrases("hair", ("black", "jet-black"), ("no black hair",), adj=("black-haired",),
+                          everyday=("raven", "raven-black", "ebony", "inky-black"), everyday_adj=("raven-haired",)),
+    "Blond_Hair": Phrases("hair", ("blond", "blonde", "golden"), ("no blond hair",), adj=("blond", "blond-haired"),
+                          everyday=("platinum", "platinum blond", "honey-blond", "sandy", "flaxen",
+                                    "strawberry-blond", "bleached"),
+                          everyday_adj=("fair-haired", "platinum-blond", "flaxen-haired")),
+    "Brown_Hair": Phrases("hair", ("brown", "chestnut"), ("no brown hair",), adj=("brown-haired",),
+                          everyday=("auburn", "dark brown", "light brown", "mousy brown", "chocolate"),
+                          everyday_adj=("brunette", "auburn-haired")),
     "Gray_Hair": Phrases("hair", ("gray", "grey", "silver"), ("no gray hair",),
-                         adj=("gray-haired", "grey-haired", "silver-haired")),
-    "Wavy_Hair": Phrases("hair", ("wavy",), ("no wavy hair",)),
-    "Straight_Hair": Phrases("hair", ("straight",), ("no straight hair",)),
-    "Bangs": Phrases("with", ("bangs", "a fringe"), _with_neg("bangs", "a fringe")),
-    "Receding_Hairline": Phrases("with", ("a receding hairline",), _with_neg("a receding hairline")),
+                         adj=("gray-haired", "grey-haired", "silver-haired"),
+                         everyday=("salt-and-pepper", "silvery", "snowy", "ash-grey", "greying"),
+                         everyday_adj=("white-haired", "grizzled")),
+    "Wavy_Hair": Phrases("hair", ("wavy",), ("no wavy hair",), everyday=("curly", "frizzy")),
+    "Straight_Hair": Phrases("hair", ("straight",), ("no straight hair",), everyday=("sleek", "poker-straight")),
+    "Bangs": Phrases("with", ("bangs", "a fringe"), _with_neg("bangs", "a fringe"),
+                     everyday=("a side fringe", "a bowl cut", "a heavy fringe", "wispy bangs")),
+    "Receding_Hairline": Phrases("with", ("a receding hairline",), _with_neg("a receding hairline"),
+                                 everyday=("a thinning hairline", "thinning hair"), everyday_adj=("balding",)),
     "No_Beard": Phrases("with", ("a beard", "a full beard"), ("clean-shaven", "no beard", "without a beard"),
-                        salient=False),
-    "Mustache": Phrases("with", ("a mustache", "a moustache"), _with_neg("a mustache", "a moustache")),
-    "Goatee": Phrases("with", ("a goatee",), _with_neg("a goatee")),
-    "Sideburns": Phrases("with", ("sideburns",), _with_neg("sideburns")),
-    "5_o_Clock_Shadow": Phrases("with", ("stubble", "a five o'clock shadow"), _with_neg("stubble")),
+                        salient=False, everyday=("a bushy beard", "a thick beard", "whiskers", "a scruffy beard"),
+                        everyday_adj=("bearded",), everyday_neg=("beardless", "smooth-shaven", "freshly shaved")),
+    "Mustache": Phrases("with", ("a mustache", "a moustache"), _with_neg("a mustache", "a moustache"),
+                        everyday=("a handlebar mustache", "a pencil moustache", "a walrus moustache", "a tache"),
+                        everyday_adj=("mustachioed",)),
+    "Goatee": Phrases("with", ("a goatee",), _with_neg("a goatee"), everyday=("a chin beard", "a little goatee")),
+    "Sideburns": Phrases("with", ("sideburns",), _with_neg("sideburns"),
+                         everyday=("long sideburns", "mutton chops", "muttonchops")),
+    "5_o_Clock_Shadow": Phrases("with", ("stubble", "a five o'clock shadow"), _with_neg("stubble"),
+                                everyday=("designer stubble", "a stubbly chin", "a day's growth"),
+                                everyday_adj=("unshaven", "stubbly")),
     "Eyeglasses": Phrases("wear", ("glasses", "eyeglasses", "spectacles"),
-                          _with_neg("glasses", "eyeglasses", "spectacles")),
-    "Wearing_Hat": Phrases("wear", ("a hat",), _with_neg("a hat")),
-    "Wearing_Lipstick": Phrases("wear", ("lipstick", "bright lipstick"), _with_neg("lipstick")),
-    "Heavy_Makeup": Phrases("wear", ("heavy makeup",), _with_neg("makeup")),
-    "Wearing_Earrings": Phrases("wear", ("earrings",), _with_neg("earrings")),
-    "Wearing_Necklace": Phrases("wear", ("a necklace",), _with_neg("a necklace")),
-    "Wearing_Necktie": Phrases("wear", ("a necktie", "a tie"), _with_neg("a necktie", "a tie")),
-    "Pale_Skin": Phrases("with", ("pale skin", "very fair skin"), ()),
-    "Rosy_Cheeks": Phrases("with", ("rosy cheeks", "pink cheeks"), _with_neg("rosy cheeks")),
-    "Arched_Eyebrows": Phrases("with", ("arched eyebrows",), ()),
-    "Bushy_Eyebrows": Phrases("with", ("bushy eyebrows", "thick eyebrows"), ()),
-    "Bags_Under_Eyes": Phrases("with", ("bags under the eyes",), ()),
-    "Narrow_Eyes": Phrases("with", ("narrow eyes",), ()),
-    "Big_Lips": Phrases("with", ("big lips", "full lips"), ()),
-    "Big_Nose": Phrases("with", ("a big nose", "a large nose"), ()),
-    "Pointy_Nose": Phrases("with", ("a pointy nose",), ()),
-    "High_Cheekbones": Phrases("with", ("high cheekbones",), ()),
-    "Oval_Face": Phrases("with", ("an oval face",), ()),
-    "Double_Chin": Phrases("with", ("a double chin",), ()),
-    "Blurry": Phrases("photo", ("blurry",), ()),
+                          _with_neg("glasses", "eyeglasses", "spectacles"),
+                          everyday=("specs", "reading glasses", "a pair of glasses", "horn-rimmed glasses",
+                                    "wire-rimmed glasses", "round glasses"),
+                          everyday_adj=("bespectacled",), everyday_neg=_with_neg("specs")),
+    "Wearing_Hat": Phrases("wear", ("a hat",), _with_neg("a hat"),
+                           everyday=("a beanie", "a cap", "a baseball cap", "a beret", "a fedora", "a woolly hat",
+                                     "a sun hat", "a bowler hat")),
+    "Wearing_Lipstick": Phrases("wear", ("lipstick", "bright lipstick"), _with_neg("lipstick"),
+                                everyday=("red lipstick", "pink lipstick", "lip gloss", "lippy")),
+    "Heavy_Makeup": Phrases("wear", ("heavy makeup",), _with_neg("makeup"),
+                            everyday=("lots of makeup", "bold makeup", "a full face of makeup", "thick makeup"),
+                            everyday_adj=("made-up", "glammed-up"), everyday_neg=("without any makeup",)),
+    "Wearing_Earrings": Phrases("wear", ("earrings",), _with_neg("earrings"),
+                                everyday=("hoop earrings", "stud earrings", "ear studs", "dangly earrings",
+                                          "drop earrings")),
+    "Wearing_Necklace": Phrases("wear", ("a necklace",), _with_neg("a necklace"),
+                                everyday=("a choker", "a pendant", "a string of pearls", "a locket", "a gold chain")),
+    "Wearing_Necktie": Phrases("wear", ("a necktie", "a tie"), _with_neg("a necktie", "a tie"),
+                               everyday=("a suit and tie", "a silk tie", "a cravat", "a striped tie")),
+    "Pale_Skin": Phrases("with", ("pale skin", "very fair skin"), (),
+                         everyday=("fair skin", "a pale complexion", "porcelain skin", "a fair complexion",
+                                   "light skin"),
+                         everyday_adj=("pale", "fair-skinned", "pale-skinned")),
+    "Rosy_Cheeks": Phrases("with", ("rosy cheeks", "pink cheeks"), _with_neg("rosy cheeks"),
+                           everyday=("flushed cheeks", "ruddy cheeks", "red cheeks", "blushing cheeks"),
+                           everyday_adj=("rosy-cheeked", "ruddy")),
+    "Arched_Eyebrows": Phrases("with", ("arched eyebrows",), (),
+                               everyday=("arched brows", "curved eyebrows", "high-arched brows")),
+    "Bushy_Eyebrows": Phrases("with", ("bushy eyebrows", "thick eyebrows"), (),
+                              everyday=("bushy brows", "thick brows", "heavy eyebrows", "heavy brows", "beetle brows")),
+    "Bags_Under_Eyes": Phrases("with", ("bags under the eyes",), (),
+                               everyday=("puffy eyes", "tired eyes", "eye bags", "dark circles under the eyes",
+                                         "baggy eyes")),
+    "Narrow_Eyes": Phrases("with", ("narrow eyes",), (),
+                           everyday=("small eyes", "squinty eyes", "slitted eyes", "narrowed eyes"),
+                           everyday_adj=("narrow-eyed",)),
+    "Big_Lips": Phrases("with", ("big lips", "full lips"), (),
+                        everyday=("plump lips", "thick lips", "pouty lips", "a full mouth"),
+                        everyday_adj=("full-lipped",)),
+    "Big_Nose": Phrases("with", ("a big nose", "a large nose"), (),
+                        everyday=("a prominent nose", "a bulbous nose", "a broad nose", "a hefty nose")),
+    "Pointy_Nose": Phrases("with", ("a pointy nose",), (), everyday=("a pointed nose", "a sharp nose", "a beaky nose")),
+    "High_Cheekbones": Phrases("with", ("high cheekbones",), (),
+                               everyday=("sculpted cheekbones", "prominent cheekbones", "chiselled cheekbones",
+                                         "defined cheekbones")),
+    "Oval_Face": Phrases("with", ("an oval face",), (), everyday=("an oval-shaped face", "an egg-shaped face")),
+    "Double_Chin": Phrases("with", ("a double chin",), (), everyday=("jowls", "a jowly chin", "a second chin"),
+                           everyday_adj=("double-chinned",)),
+    "Blurry": Phrases("photo", ("blurry",), (), everyday=("blurred", "out-of-focus", "fuzzy", "soft-focus")),
 }
 assert set(VOCAB) | UNCAPTIONED == set(CELEBA_ATTRIBUTES)
 CAPTIONED_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a in VOCAB)
@@ -172,61 +236,112 @@ def _pick(rng: random.Random | None, options):
     return options[0] if rng is None else rng.choice(options)
 
 
+def _everyday(rng: random.Random | None, share: float, options, core) -> bool:
+    """Whether this mention is said in everyday words (never in the canonical wording). Every
+    phrase is about equally likely, with the everyday ones together capped at `share`, so the
+    core words stay the most common; `share >= 1` always says it in everyday words."""
+    if rng is None or not options:
+        return False
+    p = 1.0 if share >= 1 else min(share, len(options) / (len(options) + len(core)))
+    return rng.random() < p
+
+
+def _say(a: str, value: bool, rng: random.Random | None, share: float) -> tuple[str, str]:
+    """(slot, phrase) asserting attribute `a` has `value` (its salient value, or either value of
+    a two-sided attribute). The slot is the attribute's kind, or "adj" for an everyday
+    adjective ("bespectacled"). `rng=None`: the canonical (first) core phrase."""
+    v = VOCAB[a]
+    if value == v.salient:
+        everyday = [(v.kind, p) for p in v.everyday] + [("adj", p) for p in v.everyday_adj]
+        core = v.pos
+    else:
+        everyday = [(v.kind, p) for p in v.everyday_neg]
+        core = v.neg
+    if _everyday(rng, share, everyday, core):
+        return rng.choice(everyday)
+    return v.kind, _pick(rng, core)
+
+
 def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _negative_phrase(a: str, rng) -> str:
+# Negatives that stand alone after a comma; any other is a noun phrase said "with X".
+_STANDALONE_NEGATIVE = ("without", "no", "not", "clean-shaven", "beardless", "smooth-shaven", "freshly",
+                        "unsmiling")
+
+
+def _negative_phrase(a: str, rng, share: float = 0.0) -> str:
     """A clause asserting attribute `a` has its non-salient value: "without glasses",
     "no hat", "clean-shaven" stand alone; noun phrases get "with" ("with a closed mouth")."""
-    p = _pick(rng, VOCAB[a].neg)
-    return p if p.split()[0] in ("without", "no", "not", "clean-shaven") else "with " + p
+    v = VOCAB[a]
+    p = rng.choice(v.everyday_neg) if _everyday(rng, share, v.everyday_neg, v.neg) else _pick(rng, v.neg)
+    return p if p.split()[0] in _STANDALONE_NEGATIVE else "with " + p
 
 
-def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random | None) -> str:
+EVERYDAY_SHARE = 0.5  # at most this share of an attribute's mentions is said in everyday words
+SKELETONS = ("sentence", "adjective", "tags")
+
+
+def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random | None,
+              everyday: float = EVERYDAY_SHARE, skeleton: str | None = None) -> str:
     """Build one caption that asserts exactly `mentions` (salient values and two-sided ones)
-    plus the explicit negatives in `negate`. With an rng, one of three skeletons is drawn:
+    plus the explicit negatives in `negate`. With an rng, one of three skeletons is drawn
+    (unless `skeleton` names one):
       sentence   "a photo of a young woman with blond hair and a smile, wearing glasses"
       adjective  "a smiling young blond woman with wavy hair wearing glasses"
       tags       "young blond woman, smiling, wavy hair, glasses"
-    `rng=None` is always the sentence skeleton with the first phrase of each attribute."""
-    skeleton = "sentence" if rng is None else rng.choice(_SKELETONS)
+    and a share `everyday` of the mentions is said in everyday words ("a bespectacled young
+    lass with platinum hair and a grin"). A named `skeleton` keeps the canonical frame ("a
+    photo of", the parts in canonical order) so that only the words vary. `rng=None` is always
+    the sentence skeleton with the first core phrase of each attribute: the canonical wording."""
+    varied_frame = rng is not None and skeleton is None  # prefix, order of the parts
+    if skeleton is None:
+        skeleton = "sentence" if rng is None else rng.choice(_SKELETONS)
+    elif skeleton not in SKELETONS:
+        raise ValueError(f"unknown caption skeleton {skeleton!r}; expected one of {SKELETONS}")
     m = dict(mentions)
-    adjs, withs, wears = [], [], []
+    adjs, withs, wears, photo, hair_words, described = [], [], [], [], [], []
+    slots = {"adj": adjs, "with": withs, "wear": wears, "photo": photo, "hair": hair_words}
     # Subject: sex noun (or "person"), with age and bald/chubby adjectives in front.
-    if "Male" in m:
-        noun = _pick(rng, VOCAB["Male"].pos if m.pop("Male") else VOCAB["Male"].neg)
-    else:
-        noun = "person"
+    noun = _say("Male", m.pop("Male"), rng, everyday)[1] if "Male" in m else "person"
     if skeleton != "sentence" and m.pop("Smiling", False):
         # "a smiling woman"; a tag list says "smiling" as a tag of its own.
-        (adjs if skeleton == "adjective" else withs).append(_pick(rng, VOCAB["Smiling"].adj))
+        v = VOCAB["Smiling"]
+        word = rng.choice(v.everyday_adj) if _everyday(rng, everyday, v.everyday_adj, v.adj) else _pick(rng, v.adj)
+        (adjs if skeleton == "adjective" else withs).append(word)
     if "Young" in m:
-        adjs.append(_pick(rng, VOCAB["Young"].pos if m.pop("Young") else VOCAB["Young"].neg))
+        adjs.append(_say("Young", m.pop("Young"), rng, everyday)[1])
     for a in ("Bald", "Chubby"):
         if m.pop(a, False):
-            adjs.append(_pick(rng, VOCAB[a].pos))
+            slot, phrase = _say(a, True, rng, everyday)
+            slots[slot].append(phrase)
     colours = [a for a in HAIR_COLOUR if m.get(a)]
     if skeleton != "sentence" and len(colours) == 1:  # "a blond woman"
-        adjs.append(_pick(rng, VOCAB[colours[0]].adj))
+        v = VOCAB[colours[0]]
+        adjs.append(rng.choice(v.everyday_adj) if _everyday(rng, everyday, v.everyday_adj, v.adj)
+                    else _pick(rng, v.adj))
         m.pop(colours[0])
-    # Hair: "wavy blond hair"
-    hair_words = [_pick(rng, VOCAB[a].pos) for a in HAIR_TEXTURE + HAIR_COLOUR if m.pop(a, False)]
+    # Hair: "wavy blond hair" (an everyday colour adjective goes before the noun: "a brunette")
+    for a in HAIR_TEXTURE + HAIR_COLOUR:
+        if m.pop(a, False):
+            slot, phrase = _say(a, True, rng, everyday)
+            (described if slot == "adj" else hair_words).append(phrase)
     if hair_words:
         withs.append(" ".join(hair_words) + " hair")
-    photo = [_pick(rng, VOCAB[a].pos) for a in list(m) if VOCAB[a].kind == "photo" and m.pop(a)]
+    for a in [a for a in m if VOCAB[a].kind == "photo"]:
+        if m.pop(a):
+            photo.append(_say(a, True, rng, everyday)[1])
     for a in list(m):
-        if VOCAB[a].kind == "wear":
-            wears.append(_pick(rng, VOCAB[a].pos))
-        else:
-            withs.append(_pick(rng, VOCAB[a].pos))
-        m.pop(a)
-    if rng is not None:
+        slot, phrase = _say(a, m.pop(a), rng, everyday)
+        (described if slot == "adj" else slots[slot]).append(phrase)
+    if varied_frame:
         rng.shuffle(withs)
         rng.shuffle(wears)
-    negs = [_negative_phrase(a, rng) for a in negate]
+    adjs = described + adjs  # "a bespectacled young man": describing words before age
+    negs = [_negative_phrase(a, rng, everyday) for a in negate]
 
     if skeleton == "tags":  # no articles, no "with"/"wearing": "blurry photo, old man, beard, glasses"
         tags = [" ".join(photo) + " photo"] if photo else []
@@ -235,7 +350,7 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
     article_words = " ".join(adjs + [noun])
     article = "an" if article_words[0] in "aeiou" else "a"
     subject = f"{article} {article_words}"
-    prefix = _pick(rng, _PREFIXES) if rng is not None else "a photo of "
+    prefix = _pick(rng, _PREFIXES) if varied_frame else "a photo of "
     if photo:
         prefix = f"a {' '.join(photo)} photo of "
     parts = []
@@ -243,7 +358,7 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
         parts.append("with " + _join(withs))
     if wears:
         parts.append("wearing " + _join(wears))
-    if rng is not None and len(parts) > 1 and rng.random() < 0.5:
+    if varied_frame and len(parts) > 1 and rng.random() < 0.5:
         parts[0], parts[1] = parts[1], parts[0]
     text = prefix + subject
     if parts:  # the adjective skeleton runs on without commas, as people type
@@ -251,11 +366,13 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
     return ", ".join([text] + negs)
 
 
-def complete_caption(attrs, rng: random.Random | None = None, negate=(), attributes=None) -> str:
+def complete_caption(attrs, rng: random.Random | None = None, negate=(), attributes=None,
+                     everyday: float = EVERYDAY_SHARE, skeleton: str | None = None) -> str:
     """A caption naming every captioned attribute at its salient value (and Male/Young either
     way). `rng=None` gives the canonical deterministic wording; `negate` lists absent
     attributes to deny explicitly ("without eyeglasses"). `attributes` limits what may be
-    mentioned (default: all captioned attributes)."""
+    mentioned (default: all captioned attributes). With an rng, `everyday` is the share of
+    mentions said in everyday words and `skeleton` fixes the sentence shape (`_assemble`)."""
     negate = list(_check_names(negate))
     mentions = salient_mentions(attrs, attributes)
     on = _as_bool(attrs)
@@ -266,7 +383,7 @@ def complete_caption(attrs, rng: random.Random | None = None, negate=(), attribu
             raise ValueError(f"cannot negate {a!r}: the attribute vector has it")
         if not VOCAB[a].neg:
             raise ValueError(f"attribute {a!r} has no negative phrase")
-    return _assemble(mentions, negate, rng)
+    return _assemble(mentions, negate, rng, everyday, skeleton)
 
 
 # Denying these of a woman would be odd ("a woman without a mustache"); only men get them.
@@ -319,38 +436,40 @@ def captions_for(attrs, rng: random.Random, n: int = 5, attributes=None) -> list
 # ----------------------------------------------------------------------------- parsing
 
 
-def _build_patterns() -> list[tuple[re.Pattern, str, bool]]:
-    entries = []
+def _build_phrases() -> dict[str, tuple[str, bool]]:
+    """{phrase: (attribute, value)} for every phrase the parser reads."""
     seen: dict[str, tuple[str, bool]] = {}
     for a, v in VOCAB.items():
         # Tag captions drop articles, so "hat" and "closed mouth" are read as well.
-        for phrases, val in ((v.pos + v.adj, v.salient), (v.neg + v.neg_parse, not v.salient)):
+        for phrases, val in ((v.pos + v.adj + v.everyday + v.everyday_adj, v.salient),
+                             (v.neg + v.neg_parse + v.everyday_neg, not v.salient)):
             for p in dict.fromkeys(phrases + tuple(_bare(q) for q in phrases)):
                 if seen.setdefault(p, (a, val)) != (a, val):
                     raise AssertionError(f"phrase {p!r} is ambiguous: {seen[p]} and {(a, val)}")
-                entries.append((p, a, val))
-    entries.sort(key=lambda e: -len(e[0]))  # longest first: "no mustache" before "mustache"
-    return [(re.compile(r"(?<![\w-])" + re.escape(p) + r"(?![\w-])"), a, val) for p, a, val in entries]
+    return seen
 
 
-_PATTERNS = _build_patterns()
+_PHRASES = _build_phrases()
+# One alternation, longest phrase first, so at each position the longest phrase wins
+# ("no mustache" before "mustache"); scanning left to right, an earlier phrase wins an overlap.
+_PHRASE_RE = re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=lambda p: (-len(p), p)))
+                        + r")(?![\w-])")
+
+
+def phrase_spans(caption: str) -> list[tuple[int, int, str, bool]]:
+    """(start, end, attribute, value) of each vocabulary phrase in `caption`, in order."""
+    return [(m.start(), m.end(), *_PHRASES[m.group()]) for m in _PHRASE_RE.finditer(caption.lower())]
 
 
 def caption_mentions(caption: str) -> dict[str, bool]:
     """Which attributes a caption asserts, and with what value (True = the CelebA column is
     +1). Reads only this module's vocabulary; raises ValueError if one caption asserts both
     values of an attribute."""
-    text = caption.lower()
-    taken = np.zeros(len(text) + 1, dtype=bool)
     out: dict[str, bool] = {}
-    for pat, a, val in _PATTERNS:
-        for m in pat.finditer(text):
-            if taken[m.start():m.end()].any():
-                continue
-            taken[m.start():m.end()] = True
-            if a in out and out[a] != val:
-                raise ValueError(f"caption asserts both values of {a}: {caption!r}")
-            out[a] = val
+    for _, _, a, val in phrase_spans(caption):
+        if a in out and out[a] != val:
+            raise ValueError(f"caption asserts both values of {a}: {caption!r}")
+        out[a] = val
     return out
 
 

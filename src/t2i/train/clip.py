@@ -1,7 +1,7 @@
 """Stage 2: train the tokenizer and CLIP (`t2i train clip`).
 
 1. If MODEL_DIR/tokenizer.json is missing, train the byte-level BPE tokenizer on the training
-   captions (deterministic) and save it.
+   captions (deterministic) and save it; their words and counts go to MODEL_DIR/vocabulary.json.
 2. Train CLIP on (image, caption) pairs with the shared loop. Loss: the symmetric contrastive
    loss with multi-positive soft targets (`--loss multipos`, default): pairs whose captions or
    attribute vectors are identical are positives of each other, so duplicates are not pushed
@@ -56,6 +56,7 @@ from t2i.train.loop import (
     loop_config_from_args,
     train,
 )
+from t2i.vocabulary import VOCABULARY_NAME, Vocabulary
 
 LOSSES = ("multipos", "infonce")
 
@@ -496,14 +497,21 @@ def hard_negative_caption(attrs: np.ndarray, caption: str, varied: tuple[str, ..
 
 
 def ensure_tokenizer(out: Path, train_set, preset: ClipPreset) -> CaptionTokenizer:
-    """Load OUT/tokenizer.json, or train it on the training captions and save it there."""
-    path = out / "tokenizer.json"
+    """Load OUT/tokenizer.json, or train it on the training captions and save it there. The
+    words of those captions, with counts, go to OUT/vocabulary.json (written if missing), so
+    the pipeline can tell a user which words of a prompt the model never saw."""
+    path, vocab_path = out / "tokenizer.json", out / VOCABULARY_NAME
+    corpus: list[str] = []
+    if not (path.is_file() and vocab_path.is_file()):
+        corpus = [c for i in _spread(len(train_set), preset.tokenizer_images) for c in train_set.captions[i]]
+    if not vocab_path.is_file() and corpus:
+        vocab = Vocabulary.from_captions(corpus)
+        vocab.save(vocab_path)
+        print(f"[clip] vocabulary: {len(vocab)} distinct words in {len(corpus)} captions -> {vocab_path}")
     if path.is_file():
         tok = CaptionTokenizer.from_file(path)
         print(f"[clip] tokenizer: {path} ({tok.vocab_size} tokens, context {tok.context_length})")
         return tok
-    idx = _spread(len(train_set), preset.tokenizer_images)
-    corpus = [c for i in idx for c in train_set.captions[i]]
     if not corpus:
         raise ValueError("no training captions to train the tokenizer on")
     tok = CaptionTokenizer.train(corpus, vocab_size=preset.vocab_size, context_length=preset.context_length)
