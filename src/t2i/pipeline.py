@@ -6,6 +6,16 @@
 `__call__` reads as the four steps of latent diffusion (Rombach et al. 2022): encode the
 prompt, initialise latents, denoise with classifier-free guidance, decode. Loading reads
 safetensors + JSON only. This module never imports `t2i.data` or `t2i.train`.
+
+Prompts may be composed (Liu et al. 2022, "Composable Diffusion"; syntax in
+`t2i.prompt_syntax`): `a woman with blond hair AND wearing glasses AND NOT a hat`. Each term is
+its own conditional branch; with guidance scale s, weights w_i and the negative (or empty)
+prompt n as the unconditional branch, the denoiser follows
+
+    out = out(x, n) + s * sum_i w_i * (out(x, term_i) - out(x, n))
+
+which for one term of weight 1 is classifier-free guidance exactly. A prompt without `AND`,
+`NOT` or a weight is sampled exactly as a plain prompt always was.
 """
 
 from __future__ import annotations
@@ -27,11 +37,12 @@ from t2i.checkpoint import (
     read_model_index,
     resolve_component,
 )
-from t2i.diffusion.guidance import cfg_model
+from t2i.diffusion.guidance import cfg_model, composed_model
 from t2i.diffusion.samplers import SAMPLERS, img2img_start, make_denoiser, timesteps
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNet, UNetConfig
 from t2i.models.vae import VAE, VAEConfig
+from t2i.prompt_syntax import ComposedPrompt, PromptSyntaxError, parse_prompt
 from t2i.text_encoder import TextEncoder
 
 DEFAULT_STEPS = 20
@@ -40,6 +51,9 @@ DEFAULT_SAMPLER = "dpm++2m"
 MAX_STEPS = 1000
 MAX_IMAGES_PER_CALL = 256
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# UNet rows per step a call may run: classifier-free guidance at the image limit runs 2 per
+# image; a composed prompt runs (terms + 1) per image, so it may ask for fewer images.
+MAX_UNET_ROWS = 2 * MAX_IMAGES_PER_CALL
 # Largest image side a model config may ask for: a 4096px image is already a 512x512 latent;
 # a hostile or mistyped config.json must fail at load, not when the first latents are allocated.
 MAX_IMAGE_SIZE = 4096
@@ -52,6 +66,18 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TermStates:
+    """Text states of composed prompts, one row per term of each image (images prompt-major,
+    an image's terms consecutive): what `composed_model` takes."""
+
+    hidden: torch.Tensor  # (R, L, D)
+    mask: torch.Tensor  # (R, L)
+    pooled: torch.Tensor  # (R, E)
+    image: torch.Tensor  # (R,) long: the image each term belongs to
+    weight: torch.Tensor  # (R,) float: the term's weight (negative for NOT)
 
 
 class T2IPipeline:
@@ -149,6 +175,24 @@ class T2IPipeline:
         """Text states once per prompt: (hidden (P,L,D), mask (P,L), pooled (P,E))."""
         return self.text_encoder.encode(prompts)
 
+    @torch.no_grad()
+    def encode_terms(self, parsed: list[ComposedPrompt], num_images: int) -> TermStates:
+        """Each distinct term's text states once, laid out per image: image i * num_images + k
+        (prompt i, image k) gets rows for every term of prompt i."""
+        texts = list(dict.fromkeys(t.text for p in parsed for t in p.terms))
+        hidden, mask, pooled = self.encode_prompt(texts)  # (U, L, D), (U, L), (U, E)
+        where = {text: u for u, text in enumerate(texts)}
+        source, image, weight = [], [], []
+        for i, p in enumerate(parsed):
+            for k in range(num_images):
+                for term in p.terms:
+                    source.append(where[term.text])
+                    image.append(i * num_images + k)
+                    weight.append(term.weight)
+        source_t = torch.tensor(source, device=hidden.device)  # (R,)
+        return TermStates(hidden[source_t], mask[source_t], pooled[source_t],
+                          torch.tensor(image, device=hidden.device), torch.tensor(weight, dtype=torch.float32))
+
     def latent_shape(self) -> tuple[int, int, int]:
         return self.vae.latent_shape(self.image_size)
 
@@ -174,7 +218,7 @@ class T2IPipeline:
     def denoise(
         self,
         latents: torch.Tensor,
-        cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | TermStates,
         uncond: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         ts: torch.Tensor,
         guidance: float,
@@ -186,13 +230,20 @@ class T2IPipeline:
         (Ho & Salimans 2022). cond/uncond text states are per image (N, ...); `generator` feeds
         the stochastic samplers (one for the batch or a list with one per image)."""
 
-        hidden, mask, pooled = cond
+        # A TermStates cond is composed guidance (Liu et al. 2022): one forward of R + N rows.
         u_hidden, u_mask, u_pooled = uncond
         use_pooled = self.unet_config.pooled_dim > 0
-        model_fn = cfg_model(
-            self.unet, guidance, hidden, u_hidden, mask, u_mask,
-            pooled if use_pooled else None, u_pooled if use_pooled else None,
-        )
+        if isinstance(cond, TermStates):
+            model_fn = composed_model(
+                self.unet, guidance, cond.hidden, cond.mask, cond.pooled if use_pooled else None,
+                cond.image, cond.weight, u_hidden, u_mask, u_pooled if use_pooled else None,
+            )
+        else:
+            hidden, mask, pooled = cond
+            model_fn = cfg_model(
+                self.unet, guidance, hidden, u_hidden, mask, u_mask,
+                pooled if use_pooled else None, u_pooled if use_pooled else None,
+            )
         denoise = make_denoiser(model_fn, self.schedule, self.prediction)
         with self.autocast():
             return SAMPLERS[sampler](denoise, latents, ts, self.schedule, callback=callback,
@@ -278,7 +329,13 @@ class T2IPipeline:
             generators = _generator_list(generator, n)
 
         # 1. Encode the prompts (once each) and the negative/empty prompts, then repeat per image.
-        cond = _repeat(self.encode_prompt(prompts), num_images)
+        #    Composed prompts: every term once, then one row per term of each image.
+        parsed = parse_prompts(prompts)
+        if all(p.is_plain for p in parsed):
+            cond = _repeat(self.encode_prompt([p.terms[0].text for p in parsed]), num_images)
+        else:
+            check_unet_rows(parsed, num_images)
+            cond = self.encode_terms(parsed, num_images)
         uncond = _repeat(self.encode_prompt(negatives), num_images)
 
         # 2. Initial latents: noise at the first timestep, or a noised init image (SDEdit).
@@ -344,6 +401,30 @@ def _step_callbacks(pipe, ts: torch.Tensor, callback, on_step_end) -> Callable |
         on_step_end(pipe, i, ts[i], {"latents": x, "x0": x0})
 
     return both
+
+
+def parse_prompts(prompts: list[str]) -> list[ComposedPrompt]:
+    """Parse each prompt's composable syntax; an error names the prompt (when there are
+    several) and the column."""
+    parsed = []
+    for i, text in enumerate(prompts):
+        try:
+            parsed.append(parse_prompt(text))
+        except PromptSyntaxError as e:
+            if len(prompts) == 1:
+                raise
+            raise PromptSyntaxError(e.prompt, e.column, f"prompt {i}: {e.problem}") from None
+    return parsed
+
+
+def check_unet_rows(parsed: list[ComposedPrompt], num_images: int) -> None:
+    """A composed call runs (terms + 1) UNet rows per image and step; refuse more than
+    MAX_UNET_ROWS with a message that says what to reduce."""
+    rows = num_images * sum(len(p.terms) + 1 for p in parsed)
+    if rows > MAX_UNET_ROWS:
+        raise ValueError(f"{num_images * len(parsed)} images of composed prompts with "
+                         f"{sum(len(p.terms) for p in parsed)} terms in all need {rows} UNet rows per step; "
+                         f"the limit is {MAX_UNET_ROWS}: ask for fewer images or terms")
 
 
 def check_image_size(image_size, factor: int) -> int:
@@ -419,6 +500,10 @@ def interpolate(
     """Images morphing from (prompt_a, seed_a) to (prompt_b, seed_b): slerp on the start noise,
     lerp on the text states. `callback` as in `T2IPipeline.__call__`."""
     check_settings(steps=steps, guidance=guidance, sampler=sampler, num_images=frames)
+    ends = parse_prompts([prompt_a, prompt_b])
+    if not all(p.is_plain for p in ends):
+        raise ValueError("interpolation takes plain prompts, not composed ones (AND / NOT / :weight)")
+    prompt_a, prompt_b = (p.terms[0].text for p in ends)
     ha, ma, pa = pipe.encode_prompt([prompt_a])
     hb, mb, pb = pipe.encode_prompt([prompt_b])
     weights = torch.linspace(0, 1, frames).tolist()
