@@ -197,6 +197,7 @@ def test_same_seed_same_images(client):
     (dict(num_images=9), "number of images must be an integer in [1, 4]"),
     (dict(guidance=1e9), "guidance must be a number in [0, 20]"),
     (dict(seed=-5, random_seed=False, prompt="   "), "prompt is empty"),
+    (dict(prompt="a man AND"), "prompt: empty term after 'AND' at column 7"),
 ])
 def test_bad_requests_get_a_clear_error_not_a_hang(client, app_model, kw, message):
     t0 = time.perf_counter()
@@ -207,6 +208,15 @@ def test_bad_requests_get_a_clear_error_not_a_hang(client, app_model, kw, messag
     assert message in text
     assert str(app_model) not in text and "Traceback" not in text and "/tmp" not in text
     assert time.perf_counter() - t0 < 60
+
+
+def test_composed_prompts_through_the_api(client):
+    composed = "a smiling woman AND wearing eyeglasses AND NOT a hat :0.5"
+    preview, gallery, info = client.predict(**request(composed, steps=2, num_images=2), api_name="/generate")
+    assert len(gallery) == 2
+    with Image.open(gallery[0]["image"]) as im:
+        assert im.text["prompt"] == composed  # the PNG records the request as typed
+    assert "3 terms" in info
 
 
 def test_odd_prompts_work(client):

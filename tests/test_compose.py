@@ -97,3 +97,44 @@ def test_syntax_errors_and_the_row_limit_are_clear(pipe):
     many = " AND ".join(["a man"] * 8)
     with pytest.raises(ValueError, match=f"the limit is {MAX_UNET_ROWS}"):
         pipe(many, num_images=MAX_UNET_ROWS // 9 + 1, steps=2)
+
+
+def test_web_and_live_validation_checks_the_syntax_before_queueing():
+    from t2i.app.limits import Limits, RequestError, validate_request
+
+    limits = Limits(max_images=4)
+    ok = validate_request(limits, "a man  AND\tNOT a hat :2", num_images=4)
+    assert ok.prompt == "a man AND NOT a hat :2"  # whitespace cleaned, syntax kept
+    with pytest.raises(RequestError, match=r"prompt: bad weight '2x' .* at column 13"):
+        validate_request(limits, "a man AND x:2x")
+    big = Limits(max_images=256)
+    with pytest.raises(RequestError, match="UNet rows per step"):
+        validate_request(big, " AND ".join(["a man"] * 8), num_images=100)
+
+
+def test_generate_cli_reads_the_syntax(tiny_model, tmp_path, capsys):
+    from t2i.cli import main
+
+    code = main(["generate", "a smiling woman AND NOT wearing eyeglasses :2", "--model", str(tiny_model), "-n", "1",
+                 "--steps", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "composed prompt" in out and "NOT 'wearing eyeglasses' 2" in out
+    assert len(list(tmp_path.rglob("00_00.png"))) == 1
+    # A syntax error is reported (with the column) before the model is loaded.
+    code = main(["generate", "a man AND", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path)])
+    assert code != 0 and "empty term after 'AND' at column 7" in capsys.readouterr().err
+
+
+def test_live_session_reads_the_syntax(pipe, tmp_path):
+    import io
+
+    from t2i.live import LiveSession, PlainView, Settings
+
+    out = io.StringIO()
+    session = LiveSession(pipe, Settings(steps=2, seed=3), tmp_path, PlainView(out))
+    session.handle("a smiling woman AND NOT a hat")
+    session.handle("a smiling woman AND AND a hat")
+    text = out.getvalue()
+    assert "composed prompt, 2 terms: 'a smiling woman' 1, NOT 'a hat' 1" in text
+    assert "error: prompt: empty term before 'AND' at column 21" in text
+    assert len(list(tmp_path.glob("*.png"))) == 1

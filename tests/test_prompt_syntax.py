@@ -67,6 +67,8 @@ def test_plain_prompts_are_kept_exactly():
     assert parse_prompt("a man :1").is_plain
     for composed in ["a AND b", "NOT a", "a :2", "a :-1"]:
         assert not parse_prompt(composed).is_plain
+    assert parse_prompt("a woman AND glasses :1.5 AND NOT a hat").describe() == (
+        "3 terms: 'a woman' 1, 'glasses' 1.5, NOT 'a hat' 1")
 
 
 @pytest.mark.parametrize("prompt,problem,column", [

@@ -11,7 +11,14 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, T2IPipeline, interpolate
+from t2i.pipeline import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    T2IPipeline,
+    interpolate,
+    parse_prompts,
+)
 
 # The demo grid: attribute sets rendered through the caption templates, so the prompts use
 # the training vocabulary (see `t2i.data.captions.complete_caption`).
@@ -83,7 +90,9 @@ def wrap_text(text: str, font, width: float) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", nargs="*", help="one or more prompts (quote each)")
+    parser.add_argument("prompt", nargs="*",
+                        help="one or more prompts (quote each); compose terms with AND, NOT and :weight, "
+                             "e.g. 'a woman AND wearing glasses AND NOT a hat :1.5'")
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
@@ -162,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--interpolate A B takes its two prompts itself: give no other prompt or --init-image")
     if not prompts and not args.interpolate:
         raise ValueError("give at least one prompt (or --grid-prompts, or --interpolate A B)")
+    for prompt, parsed in zip(prompts, parse_prompts(prompts)):  # syntax errors before the model loads
+        if not parsed.is_plain:
+            print(f"composed prompt {prompt!r}: {parsed.describe()}")
     init_image = open_init_image(args.init_image) if args.init_image else None
     pipe = T2IPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     if args.compile:

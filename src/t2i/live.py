@@ -43,6 +43,7 @@ from t2i.pipeline import (
     MAX_STEPS,
     SAMPLERS,
     T2IPipeline,
+    parse_prompt,
 )
 
 # A local user may ask for anything the pipeline supports.
@@ -51,7 +52,8 @@ LIVE_LIMITS = Limits(max_steps=MAX_STEPS, max_images=MAX_IMAGES_PER_CALL, max_pr
 QUIT = object()
 _VALUE_COMMANDS = ("steps", "guidance", "seed", "n", "sampler", "negative", "gif")
 HELP = """\
-Type a prompt and press Enter to generate. Commands:
+Type a prompt and press Enter to generate; compose terms with AND, NOT and :weight
+("a woman with blond hair AND wearing glasses AND NOT a hat :1.5"). Commands:
   :steps N          denoising steps (now {steps})
   :guidance X       classifier-free guidance scale (now {guidance:g})
   :seed N|random    fixed seed, or a new random one per image (now {seed})
@@ -337,6 +339,9 @@ class LiveSession:
         request = validate_request(LIVE_LIMITS, prompt, s.negative, s.steps, s.guidance, s.sampler,
                                    seed=s.seed, random_seed=s.seed is None, num_images=s.n)
         previews = []
+        composed = parse_prompt(request.prompt)
+        if not composed.is_plain:
+            self.view.say(f"composed prompt, {composed.describe()}")
         for text in (request.prompt, request.negative_prompt):
             warning = truncation_note(self.pipe, text)
             if warning:

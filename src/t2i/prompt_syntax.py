@@ -81,6 +81,11 @@ class ComposedPrompt:
     def __str__(self) -> str:
         return " AND ".join(str(t) for t in self.terms)
 
+    def describe(self) -> str:
+        """How the prompt is read, for people: "3 terms: 'a woman' 1, 'glasses' 1.5, NOT 'a hat' 1"."""
+        parts = [f"{'NOT ' if t.weight < 0 else ''}{t.text!r} {abs(t.weight):g}" for t in self.terms]
+        return f"{len(self.terms)} term{'s' if len(self.terms) > 1 else ''}: " + ", ".join(parts)
+
 
 def escape(text: str) -> str:
     """Backslash-escape what the parser would read as syntax, so `parse_prompt(escape(s))` is

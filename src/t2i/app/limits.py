@@ -23,6 +23,9 @@ from t2i.pipeline import (
     MAX_IMAGES_PER_CALL,
     MAX_STEPS,
     SAMPLERS,
+    PromptSyntaxError,
+    check_unet_rows,
+    parse_prompt,
 )
 
 MAX_SEED = 2**31 - 1
@@ -153,6 +156,13 @@ def validate_request(
         shown = sampler[:40] if isinstance(sampler, str) else type(sampler).__name__
         raise RequestError(f"unknown sampler {shown!r}; choose one of {', '.join(sorted(SAMPLERS))}")
     num_images = as_int(num_images, "number of images", 1, limits.max_images)
+    # Composed prompts (`a AND b AND NOT c :2`) are checked here, before any work is queued.
+    try:
+        check_unet_rows([parse_prompt(prompt)], num_images)
+    except PromptSyntaxError as e:
+        raise RequestError(f"prompt: {e.problem} at column {e.column}") from None
+    except ValueError as e:
+        raise RequestError(str(e)) from None
     if random_seed or seed is None or (isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0):
         seed = secrets.randbelow(MAX_SEED + 1)
     seed = as_int(seed, "seed", 0, MAX_SEED)

@@ -25,7 +25,14 @@ from t2i.app.compose import (
 )
 from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, validate_request
 from t2i.app.stream import stream_generation, truncation_note
-from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, T2IPipeline
+from t2i.pipeline import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    T2IPipeline,
+    parse_prompt,
+)
 
 log = logging.getLogger("t2i.app")
 
@@ -92,6 +99,8 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
+                                    info="compose terms with AND, NOT and :weight, e.g. "
+                                         "a woman with blond hair AND wearing glasses AND NOT a hat :1.5",
                                     placeholder="a photo of a smiling young woman with blond hair wearing glasses",
                                     max_length=limits.max_prompt_chars)
                 with gr.Accordion("Compose the prompt from attributes", open=False):
@@ -165,6 +174,9 @@ def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
             note = (f"model `{_md(pipe.model_id)}` · sampler {request.sampler} · {request.steps} steps · "
                     f"guidance {request.guidance:g} · seed {request.seed} · "
                     f"**{per_image:.2f} s per image** ({frame.elapsed:.1f} s for {len(frame.images)})")
+            composed = parse_prompt(request.prompt)
+            if not composed.is_plain:
+                note += f"  \ncomposed prompt, {_md(composed.describe())}"
             for text in (request.prompt, request.negative_prompt):
                 warning = truncation_note(pipe, text)
                 if warning:
