@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from t2i.attributes import CELEBA_ATTRIBUTES
+from t2i.data.options import add_data_arguments, data_options_from_args
 
 
 def _font(size: int):
@@ -71,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--captions", default=None,
                    help="captions JSON to show instead of DATA/captions.json ({image: [captions]}); "
                         "checks that it covers every image of the split")
+    add_data_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    ds = FaceDataset(args.data, split=args.split, image_size=args.size, captions=args.captions)
+    ds = FaceDataset(args.data, split=args.split, image_size=args.size, captions=args.captions,
+                     options=data_options_from_args(args))
     s = ds.summary()
     print(f"dataset {s['root']}")
     print(f"  layout      {s['layout']}")
-    print("  splits      " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    print("  splits      " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + f" ({s['split_source']})")
     print(f"  this split  {args.split}: {len(ds)} images")
     print(f"  captions    {ds.caption_source}")
     if len(ds) == 0:

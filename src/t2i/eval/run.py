@@ -21,12 +21,14 @@ import datetime as _dt
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from t2i.checkpoint import atomic_write_json
+from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
 from t2i.eval.faithfulness import (
     faithfulness,
     group_mean_pairwise_distance,
@@ -141,18 +143,19 @@ def vae_reconstruct(vae, images: torch.Tensor, batch_size: int = 64) -> torch.Te
 # ----------------------------------------------------------------------------- data
 
 
-def load_eval_data(data: str | Path, image_size: int, max_real: int) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
+def load_eval_data(data: str | Path, image_size: int, max_real: int,
+                   data_options=None) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
     """(train rows (N_tr, 40) bool, test images (N, 3, S, S), test rows (N, 40) bool, all rows)."""
     from t2i.data.celeba import FaceDataset, read_annotations
     from t2i.train.judge import split_tensors
 
-    ann = read_annotations(data)
+    ann = read_annotations(data, data_options)
     if not ann.has_attributes:
         raise ValueError(f"{data}: no attribute labels; eval needs them to build prompts and score images")
     if ann.partition is None:
         raise ValueError(f"{data}: no train/val/test split file; eval needs a test split of real images")
     rows = ann.attributes > 0.5
-    test = FaceDataset(data, split="test", image_size=image_size)
+    test = FaceDataset(data, split="test", image_size=image_size, options=data_options)
     if len(test) < 4:
         raise ValueError(f"{data}: the test split has {len(test)} images; eval needs at least 4")
     images, attrs = split_tensors(test, max_real)
@@ -182,12 +185,12 @@ def _wrong_notes(verdicts: torch.Tensor, requested: np.ndarray, scored: tuple[st
 
 
 def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path | None = None,
-             judge_meta: dict | None = None, progress: bool = True, log=print) -> dict:
+             judge_meta: dict | None = None, progress: bool = True, log=print, data_options=None) -> dict:
     """Run the whole evaluation; write the report to `out_dir` if given. Returns report.json's dict."""
     t_start = time.perf_counter()
     judge = judge.eval()
     K = cfg.n_per_prompt
-    train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real)
+    train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real, data_options)
     suite: PromptSuite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed,
                                      cfg.negate_prob, all_rows=all_rows, min_per_class=cfg.min_per_class)
     trained = (judge_meta or {}).get("attributes")
@@ -398,9 +401,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fd-images", type=int, help=f"generated images for FD (default {d.fd_images})")
     parser.add_argument("--device", help="cuda | mps | cpu (default: the best available)")
     parser.add_argument("--no-progress", action="store_true")
+    add_recipe_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
+def config_from_args(args: argparse.Namespace, base: EvalConfig | None = None) -> EvalConfig:
+    """`base` (default: the preset) with the flags that were given."""
     flags = {name: getattr(args, name) for name in ("n_prompts", "n_per_prompt", "n_heldout", "steps", "guidance",
                                                      "sampler", "seed", "batch_size", "max_real", "sweep_images",
                                                      "fd_images")}
@@ -409,14 +414,15 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         flags["sweep"] = True
     if args.quick:
         flags["quick"] = True
-    return EvalConfig(**{**PRESETS[args.preset], **flags})
+    return replace(base or EvalConfig(**PRESETS[args.preset]), **flags)
 
 
 def run(args: argparse.Namespace) -> int:
     from t2i.checkpoint import resolve_component
     from t2i.pipeline import T2IPipeline, check_settings
 
-    cfg = config_from_args(args)
+    recipe = recipe_from_args(args, ("eval",))
+    recipe["eval"] = cfg = config_from_args(args, recipe["eval"])
     check_settings(steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
     model = Path(args.model)
     pipe = T2IPipeline.from_pretrained(model, device=args.device)
@@ -428,7 +434,9 @@ def run(args: argparse.Namespace) -> int:
     if metrics_path.is_file():
         judge_meta.update(json.loads(metrics_path.read_text()))
     out = Path(args.out) if args.out else model / "eval"
-    report = evaluate(pipe, judge, args.data, cfg, out, judge_meta=judge_meta, progress=not args.no_progress)
+    atomic_write_json(out / "recipe.json", recipe_to_dict(recipe))
+    report = evaluate(pipe, judge, args.data, cfg, out, judge_meta=judge_meta, progress=not args.no_progress,
+                      data_options=recipe["data"])
     print(headline_table(report))
     if report["sweep"]:
         print(sweep_table(report))

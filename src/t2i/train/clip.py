@@ -44,7 +44,7 @@ from torch import nn
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import replace
+from t2i.config import add_recipe_arguments, recipe_from_args, replace
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from t2i.train.loop import (
@@ -54,6 +54,7 @@ from t2i.train.loop import (
     StepOutput,
     add_loop_arguments,
     loop_config_from_args,
+    record_recipe,
     train,
 )
 from t2i.vocabulary import VOCABULARY_NAME, Vocabulary
@@ -547,17 +548,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zeroshot-images", type=int, help="validation images for zero-shot accuracy")
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
     add_loop_arguments(parser)
+    add_recipe_arguments(parser)
 
 
-def preset_from_args(args: argparse.Namespace) -> ClipPreset:
-    p = PRESETS[args.preset]
+def preset_from_args(args: argparse.Namespace, base: ClipPreset | None = None) -> ClipPreset:
+    """`base` (default: the preset) with the stage's flags that were given."""
+    p = base or PRESETS[args.preset]
     loop = loop_config_from_args(p.loop, args)
     return replace(p, loop=loop, loss=args.loss, hard_negatives=args.hard_negatives, attribute_loss=args.attribute_loss,
                    image_size=args.image_size,
                    eval_images=args.eval_images, zeroshot_images=args.zeroshot_images)
 
 
-def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: bool = True) -> dict:
+def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: bool = True,
+               data_options=None) -> dict:
     """Train the tokenizer (if missing) and CLIP on `data` into `out`; returns the metrics."""
     from t2i.data.captions import varied_attributes
     from t2i.data.celeba import FaceDataset
@@ -566,16 +570,17 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
     if preset.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
     train_set = FaceDataset(data, split="train", image_size=preset.image_size, flip=preset.flip,
-                            preload=preload)
+                            preload=preload, options=data_options)
     if len(train_set) == 0:
         raise ValueError(f"{data}: the train split is empty")
     try:
-        val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload)
+        val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload, options=data_options)
     except ValueError as e:
         print(f"[clip] no validation split ({e}); metrics use training images")
         val_set = None
     if val_set is None or len(val_set) == 0:
-        val_set = FaceDataset(data, split="train", image_size=preset.image_size, preload=preload)
+        val_set = FaceDataset(data, split="train", image_size=preset.image_size, preload=preload,
+                              options=data_options)
     tokenizer = ensure_tokenizer(out, train_set, preset)
     varied = varied_attributes(np.where(train_set.attributes > 0, 1, -1)) if train_set.has_attributes else ()
     stage = ClipStage(preset, tokenizer, val_set, varied, attribute_rates=train_set.attributes.mean(axis=0))
@@ -588,8 +593,10 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
 
 
 def run(args: argparse.Namespace) -> int:
-    preset = preset_from_args(args)
-    train_clip(args.data, args.out, preset, preload=not args.no_preload)
+    recipe = recipe_from_args(args, ("clip",))
+    recipe["clip"] = preset = preset_from_args(args, recipe["clip"])
+    record_recipe(args.out, "clip", recipe)
+    train_clip(args.data, args.out, preset, preload=not args.no_preload, data_options=recipe["data"])
     return 0
 
 

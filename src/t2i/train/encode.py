@@ -19,6 +19,7 @@ import torch
 
 from t2i.checkpoint import CONFIG_NAME, load_component, resolve_component
 from t2i.data.latents import LatentCache, LatentCacheWriter
+from t2i.data.options import add_data_arguments, data_options_from_args
 from t2i.models.vae import VAE, VAEConfig
 
 
@@ -159,6 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                         help="encoder precision (bf16: 2x faster on CPU, error below the posterior std)")
     parser.add_argument("--no-preload", action="store_true")
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if meta["config"].get("latent_stats") == "untrained":
         print(f"warning: {vae_dir} has no measured latent scale/shift (latent_stats='untrained')")
     dataset = FaceDataset(args.data, split=args.split, image_size=image_size, flip=False,
-                          preload=not args.no_preload)
+                          preload=not args.no_preload, options=data_options_from_args(args))
     cache, summary = encode_dataset(
         vae, dataset, out, flip=args.flip, batch_size=args.batch_size, device=device,
         precision=args.precision,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import config_to_dict, replace
+from t2i.config import add_recipe_arguments, config_to_dict, recipe_from_args, replace
 from t2i.models.judge import Judge, JudgeConfig, balanced_accuracy
 from t2i.train.loop import (
     LoopConfig,
@@ -31,6 +31,7 @@ from t2i.train.loop import (
     StepOutput,
     add_loop_arguments,
     loop_config_from_args,
+    record_recipe,
     train,
 )
 
@@ -109,9 +110,10 @@ def _f(x) -> float | None:
 class JudgeStage(Stage):
     name = COMPONENT
 
-    def __init__(self, cfg: JudgeStageConfig, data_root: str | Path, train_attributes: np.ndarray):
+    def __init__(self, cfg: JudgeStageConfig, data_root: str | Path, train_attributes: np.ndarray,
+                 data_options=None):
         self.cfg = cfg
-        self.data_root = Path(data_root)
+        self.data_root, self.data_options = Path(data_root), data_options
         self.mask = torch.from_numpy(trained_attribute_mask(train_attributes, cfg.min_class_rate))
         if not self.mask.any():
             raise ValueError(f"{data_root}: no attribute takes both values in the training split; "
@@ -144,7 +146,8 @@ class JudgeStage(Stage):
         from t2i.data.celeba import FaceDataset
 
         try:
-            ds = FaceDataset(self.data_root, split=split, image_size=self.cfg.judge.image_size, preload=False)
+            ds = FaceDataset(self.data_root, split=split, image_size=self.cfg.judge.image_size, preload=False,
+                             options=self.data_options)
         except ValueError:  # a layout without splits
             return None
         if len(ds) == 0:
@@ -175,16 +178,17 @@ class JudgeStage(Stage):
                 "test_mean_balanced_accuracy": metrics["test_mean_balanced_accuracy"]}
 
 
-def train_judge(data: str | Path, out: str | Path, cfg: JudgeStageConfig) -> dict:
+def train_judge(data: str | Path, out: str | Path, cfg: JudgeStageConfig, data_options=None) -> dict:
     """Train on DATA's train split and write OUT/judge/ (+ metrics.json). Returns the metrics
     (with `train_seconds` and `wall_seconds`)."""
     from t2i.data.celeba import FaceDataset
 
     t0 = time.perf_counter()
-    dataset = FaceDataset(data, split="train", image_size=cfg.judge.image_size, flip=cfg.flip, preload=True)
+    dataset = FaceDataset(data, split="train", image_size=cfg.judge.image_size, flip=cfg.flip, preload=True,
+                          options=data_options)
     if not dataset.has_attributes:
         raise ValueError(f"{data}: this dataset has no attribute labels; the judge needs them")
-    stage = JudgeStage(cfg, data, dataset.attributes)
+    stage = JudgeStage(cfg, data, dataset.attributes, data_options)
     metrics = train(stage, dataset, cfg.loop, out)
     if metrics:
         metrics["wall_seconds"] = round(time.perf_counter() - t0, 3)
@@ -207,17 +211,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
     parser.add_argument("--image-size", type=int, help="input size (default: the preset's)")
     add_loop_arguments(parser)
+    add_recipe_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> JudgeStageConfig:
-    cfg = PRESETS[args.preset]
+def config_from_args(args: argparse.Namespace, base: JudgeStageConfig | None = None) -> JudgeStageConfig:
+    """`base` (default: the preset) with the stage's flags that were given."""
+    cfg = base or PRESETS[args.preset]
     loop = loop_config_from_args(cfg.loop, args)
     return replace(cfg, loop=loop, judge=replace(cfg.judge, image_size=args.image_size))
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    metrics = train_judge(args.data, args.out, cfg)
+    recipe = recipe_from_args(args, (COMPONENT,))
+    recipe[COMPONENT] = cfg = config_from_args(args, recipe[COMPONENT])
+    record_recipe(args.out, COMPONENT, recipe)
+    metrics = train_judge(args.data, args.out, cfg, recipe["data"])
     if metrics:
         print(f"[judge] done in {metrics['wall_seconds']:.0f} s: validation mean balanced accuracy "
               f"{metrics.get('val_mean_balanced_accuracy')}, test {metrics.get('test_mean_balanced_accuracy')} "

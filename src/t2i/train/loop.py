@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from t2i.checkpoint import atomic_write_json, load_latest_training_state, save_training_state
-from t2i.config import config_to_dict, replace
+from t2i.config import config_to_dict, recipe_to_dict, replace
 
 # Rank 0 alone renders sample grids, saves components and runs a stage's `finish` (which may
 # evaluate) while the other ranks wait at a barrier; an encode before multi-process UNet
@@ -265,6 +265,13 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def record_recipe(out: str | Path, name: str, recipe: dict) -> None:
+    """Write a stage's resolved recipe beside its outputs, OUT/recipes/NAME.json (rank 0 only);
+    `--config` takes the file back."""
+    if distributed_state().is_main_process:
+        atomic_write_json(Path(out) / "recipes" / f"{name}.json", recipe_to_dict(recipe))
 
 
 def make_accelerator(mixed_precision: str = "auto"):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from t2i.checkpoint import atomic_write_json, resolve_component, save_component
-from t2i.config import config_to_dict, replace
+from t2i.config import add_recipe_arguments, config_to_dict, recipe_from_args, replace
 from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
@@ -32,6 +32,7 @@ from t2i.train.loop import (
     add_loop_arguments,
     distributed_state,
     loop_config_from_args,
+    record_recipe,
     train,
 )
 
@@ -240,10 +241,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the UNet blocks' activations in the backward pass (less memory, more compute)")
     add_loop_arguments(parser)
+    add_recipe_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
-    cfg = PRESETS[args.preset]
+def config_from_args(args: argparse.Namespace, base: UNetStageConfig | None = None) -> UNetStageConfig:
+    """`base` (default: the preset) with the stage's flags that were given."""
+    cfg = base or PRESETS[args.preset]
     loop = loop_config_from_args(cfg.loop, args)
     diffusion = replace(cfg.diffusion, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
                         caption_dropout=args.caption_dropout)
@@ -253,10 +256,13 @@ def config_from_args(args: argparse.Namespace) -> UNetStageConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t2i.data.options import data_option_argv
     from t2i.train.encode import load_vae
 
     out = Path(args.out)
-    cfg = config_from_args(args)
+    recipe = recipe_from_args(args, ("unet",))
+    recipe["unet"] = cfg = config_from_args(args, recipe["unet"])
+    record_recipe(out, "unet", recipe)
     vae_dir = resolve_component(args.vae or out, "vae")
     text_encoder = TextEncoder.from_pretrained(args.clip or out)
     cache_dir = Path(args.cache) if args.cache else out / "latents"
@@ -267,7 +273,9 @@ def run(args: argparse.Namespace) -> int:
             from t2i.cli import main
 
             print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
-            if main(["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip"]) != 0:
+            argv = ["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip",
+                    *data_option_argv(recipe["data"])]
+            if main(argv) != 0:
                 raise RuntimeError(f"could not build the latent cache at {cache_dir}")
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))

@@ -28,7 +28,7 @@ import torch
 from torch.func import functional_call
 
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import replace
+from t2i.config import add_recipe_arguments, recipe_from_args, replace
 from t2i.models.vae import VAE, VAEConfig
 from t2i.models.vae_losses import (
     DiscriminatorConfig,
@@ -46,6 +46,7 @@ from t2i.train.loop import (
     StepOutput,
     add_loop_arguments,
     loop_config_from_args,
+    record_recipe,
     train,
 )
 
@@ -335,10 +336,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-images", type=int)
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
     add_loop_arguments(parser)
+    add_recipe_arguments(parser)
 
 
-def preset_from_args(args: argparse.Namespace) -> VAEPreset:
-    p = PRESETS[args.preset]
+def preset_from_args(args: argparse.Namespace, base: VAEPreset | None = None) -> VAEPreset:
+    """`base` (default: the preset) with the stage's flags that were given."""
+    p = base or PRESETS[args.preset]
     loop = loop_config_from_args(p.loop, args)
     loss = replace(p.loss, reconstruction=args.reconstruction, kl_weight=args.kl_weight,
                    disc_start=args.disc_start, disc_warmup=args.disc_warmup,
@@ -347,14 +350,15 @@ def preset_from_args(args: argparse.Namespace) -> VAEPreset:
                    val_images=args.val_images, stats_images=args.stats_images)
 
 
-def train_vae(data: str | Path, out: str | Path, preset: VAEPreset, preload: bool = True) -> dict:
+def train_vae(data: str | Path, out: str | Path, preset: VAEPreset, preload: bool = True,
+              data_options=None) -> dict:
     """Train a VAE on `data` into `out/vae/`; returns the metrics (also in vae/metrics.json)."""
     from t2i.data.celeba import FaceDataset
 
     data, out = Path(data), Path(out)
     train_set = FaceDataset(data, split="train", image_size=preset.image_size, flip=preset.flip,
-                            preload=preload)
-    val_set = _optional_split(data, preset.image_size, preload)
+                            preload=preload, options=data_options)
+    val_set = _optional_split(data, preset.image_size, preload, data_options)
     stage = VAEStage(preset, train_set, val_set)
     metrics = train(stage, train_set, preset.loop, out)
     if metrics:  # the loop adds timing/steps after `finish` wrote its part
@@ -364,11 +368,11 @@ def train_vae(data: str | Path, out: str | Path, preset: VAEPreset, preload: boo
     return metrics
 
 
-def _optional_split(data: Path, image_size: int, preload: bool):
+def _optional_split(data: Path, image_size: int, preload: bool, data_options=None):
     from t2i.data.celeba import FaceDataset
 
     try:
-        val = FaceDataset(data, split="val", image_size=image_size, preload=preload)
+        val = FaceDataset(data, split="val", image_size=image_size, preload=preload, options=data_options)
     except ValueError as e:
         print(f"[vae] no validation split ({e}); metrics use training images")
         return None
@@ -379,8 +383,10 @@ def _optional_split(data: Path, image_size: int, preload: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    preset = preset_from_args(args)
-    train_vae(args.data, args.out, preset, preload=not args.no_preload)
+    recipe = recipe_from_args(args, ("vae",))
+    recipe["vae"] = preset = preset_from_args(args, recipe["vae"])
+    record_recipe(args.out, "vae", recipe)
+    train_vae(args.data, args.out, preset, preload=not args.no_preload, data_options=recipe["data"])
     return 0
 
 
