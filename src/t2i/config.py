@@ -253,7 +253,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
     if any(a.dest == "preset" for a in parser._actions):
         parser.set_defaults(preset=None)  # unset: the recipe file's preset, else DEFAULT_PRESET
-    g = parser.add_argument_group("recipe (docs/data.md#recipes)")
+    g = parser.add_argument_group("recipe (docs/recipes.md)")
     g.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="recipe file (JSON, TOML or YAML) with any of the sections "
                         f"{', '.join(SECTIONS)}; repeat to layer files")
