@@ -9,9 +9,16 @@ import json
 import pytest
 
 from t2i.cli import main
-from t2i.config import parse_set, read_config_file, recipe_to_dict, resolve_recipe
+from t2i.config import parse_set, read_config_file, recipe_to_dict
+from t2i.config import resolve_recipe as resolve
 from t2i.data.options import DataOptions
+from t2i.train.all import recipe_bases
 from t2i.train.unet import PRESETS as UNET_PRESETS
+
+
+def resolve_recipe(preset, files=None, sets=None):
+    """The whole recipe, as `t2i train all` resolves it."""
+    return resolve(recipe_bases, preset, files, sets)
 
 
 def test_set_overrides_nested_fields_parsed_as_json():
@@ -96,5 +103,6 @@ def test_stage_writes_the_resolved_recipe_and_takes_it_back(synth_dir, tmp_path)
     assert written["vae"]["loop"]["batch_size"] == 2 and written["vae"]["stats_images"] == 4
     assert written["data"]["val_fraction"] == 0.2
     assert json.loads((out / "vae" / "metrics.json").read_text())["latent_stats_images"] == 4
-    again = resolve_recipe(None, files=[str(out / "recipes" / "vae.json")], sections=("data", "vae"))
+    again = resolve(lambda p: {k: v for k, v in recipe_bases(p).items() if k in ("data", "vae")}, None,
+                    files=[str(out / "recipes" / "vae.json")])
     assert recipe_to_dict(again) == written

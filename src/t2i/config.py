@@ -24,25 +24,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# Stage sections: (module, its PRESETS, the config class when presets are plain dicts of
-# overrides). The `data` section is DataOptions and has no presets.
-STAGES: dict[str, tuple[str, str | None]] = {
-    "vae": ("t2i.train.vae", None),
-    "clip": ("t2i.train.clip", None),
-    "unet": ("t2i.train.unet", None),
-    "judge": ("t2i.train.judge", None),
-    "eval": ("t2i.eval.run", "EvalConfig"),
-}
-SECTIONS = ("data", *STAGES)
+# The sections a recipe may have. Each command builds the bases of the sections it uses (the
+# stage's PRESETS entry, DataOptions()) and passes them in: this module imports no stage.
+SECTIONS = ("data", "vae", "clip", "unet", "judge", "eval")
 DEFAULT_PRESET = "synth64"
 
 
@@ -167,23 +160,14 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _stage_base(section: str, preset: str):
-    """A stage's preset as a dataclass instance."""
-    module_name, cls_name = STAGES[section]
-    module = importlib.import_module(module_name)
-    presets = module.PRESETS
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r} for {section}; choose from {sorted(presets)}")
-    value = presets[preset]
-    return getattr(module, cls_name)(**value) if cls_name else value
+Bases = Callable[[str], dict[str, Any]]  # preset name -> {section: its base config (a dataclass)}
 
 
-def resolve_recipe(preset: str | None = None, files: list[str] | None = None, sets: list[str] | None = None,
-                   sections: tuple[str, ...] = SECTIONS) -> dict:
-    """{"preset": name, section: dataclass instance} for `sections`, resolved as the module
-    docstring says. Unknown sections and fields are refused with their full path."""
-    from t2i.data.options import DataOptions
-
+def resolve_recipe(bases: Bases, preset: str | None = None, files: list[str] | None = None,
+                   sets: list[str] | None = None) -> dict:
+    """{"preset": name, section: dataclass instance} for the sections `bases` gives, resolved as
+    the module docstring says. Unknown sections and fields are refused with their full path;
+    sections of a file that this command does not use are checked by the commands that do."""
     overrides: dict = {}
     for f in files or []:
         overrides = _merge(overrides, read_config_file(f))
@@ -204,12 +188,15 @@ def resolve_recipe(preset: str | None = None, files: list[str] | None = None, se
         raise ValueError(f"{unknown[0]}: unknown recipe section" + (f" (did you mean {close[0]}?)" if close else "")
                          + f"; the sections are {list(SECTIONS)}")
     preset = preset or file_preset or DEFAULT_PRESET
+    try:
+        base_configs = bases(preset)
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}") from None
     recipe: dict[str, Any] = {"preset": preset}
-    for section in sections:
+    for section, base in base_configs.items():
         given = overrides.get(section, {})
         if not isinstance(given, dict):
             raise ValueError(f"{section}: expected a table of fields, got {given!r}")
-        base = DataOptions() if section == "data" else _stage_base(section, preset)
         cls = type(base)
         given = _model_alias_for(cls, given)
         recipe[section] = config_from_dict(cls, _merge(config_to_dict(base), given), where=section)
@@ -248,9 +235,7 @@ def recipe_fingerprint(recipe: dict, *sections: str) -> str:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config and --set, plus the dataset-reading flags (the recipe's `data` section)."""
-    from t2i.data.options import add_data_arguments
-
+    """--config and --set (a command that reads a dataset adds data.options' flags too)."""
     if any(a.dest == "preset" for a in parser._actions):
         parser.set_defaults(preset=None)  # unset: the recipe file's preset, else DEFAULT_PRESET
     g = parser.add_argument_group("recipe (docs/recipes.md)")
@@ -260,16 +245,11 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--set", action="append", default=[], dest="set_items", metavar="SECTION.FIELD=VALUE",
                    help="override one recipe field, the value as JSON where it parses "
                         "(e.g. --set unet.loop.steps=5000 --set unet.model.channels=[96,192,384]); repeatable")
-    add_data_arguments(parser)
 
 
-def recipe_from_args(args: argparse.Namespace, sections: tuple[str, ...]) -> dict:
-    """The recipe of a command: preset, files, --set, then the data flags (stage flags are
-    applied by the stage on top of its section)."""
-    from t2i.data.options import data_options_from_args
-
-    recipe = resolve_recipe(getattr(args, "preset", None), args.config, args.set_items,
-                            tuple(dict.fromkeys(("data", *sections))))
-    recipe["data"] = data_options_from_args(args, recipe["data"])
+def recipe_from_args(args: argparse.Namespace, bases: Bases) -> dict:
+    """The recipe of a command from its --preset, --config and --set (its own flags are applied
+    by the command on top); sets `args.preset` to the preset used."""
+    recipe = resolve_recipe(bases, getattr(args, "preset", None), args.config, args.set_items)
     args.preset = recipe["preset"]
     return recipe

@@ -29,6 +29,7 @@ import torch
 
 from t2i.checkpoint import atomic_write_json
 from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
+from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
 from t2i.eval.faithfulness import (
     faithfulness,
     group_mean_pairwise_distance,
@@ -402,6 +403,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda | mps | cpu (default: the best available)")
     parser.add_argument("--no-progress", action="store_true")
     add_recipe_arguments(parser)
+    add_data_arguments(parser)
+
+
+def recipe_bases(preset: str) -> dict:
+    """The recipe sections `t2i eval` reads, as the preset has them."""
+    return {"data": DataOptions(), "eval": EvalConfig(**PRESETS[preset])}
 
 
 def config_from_args(args: argparse.Namespace, base: EvalConfig | None = None) -> EvalConfig:
@@ -421,7 +428,8 @@ def run(args: argparse.Namespace) -> int:
     from t2i.checkpoint import resolve_component
     from t2i.pipeline import T2IPipeline, check_settings
 
-    recipe = recipe_from_args(args, ("eval",))
+    recipe = recipe_from_args(args, recipe_bases)
+    recipe["data"] = data_options_from_args(args, recipe["data"])
     recipe["eval"] = cfg = config_from_args(args, recipe["eval"])
     check_settings(steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
     model = Path(args.model)

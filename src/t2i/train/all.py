@@ -58,6 +58,16 @@ def preset_config(stage: str, preset: str) -> dict:
     return config if isinstance(config, dict) else config_to_dict(config)
 
 
+def recipe_bases(preset: str) -> dict:
+    """Every section of a recipe, as the preset has them."""
+    from t2i.data.options import DataOptions
+    from t2i.eval.run import recipe_bases as eval_bases
+    from t2i.train import clip, judge, unet, vae
+
+    return {"data": DataOptions(), "vae": vae.PRESETS[preset], "clip": clip.PRESETS[preset],
+            "unet": unet.PRESETS[preset], "judge": judge.PRESETS[preset], "eval": eval_bases(preset)["eval"]}
+
+
 def data_fingerprint(data: Path) -> str:
     """Cheap identity of a dataset: its attribute/partition/metadata files' sizes and mtimes."""
     parts = []

@@ -44,7 +44,7 @@ from torch import nn
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import add_recipe_arguments, recipe_from_args, replace
+from t2i.config import replace
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from t2i.train.loop import (
@@ -53,8 +53,10 @@ from t2i.train.loop import (
     Stage,
     StepOutput,
     add_loop_arguments,
+    add_stage_recipe_arguments,
     loop_config_from_args,
     record_recipe,
+    stage_recipe,
     train,
 )
 from t2i.vocabulary import VOCABULARY_NAME, Vocabulary
@@ -548,7 +550,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zeroshot-images", type=int, help="validation images for zero-shot accuracy")
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
     add_loop_arguments(parser)
-    add_recipe_arguments(parser)
+    add_stage_recipe_arguments(parser)
 
 
 def preset_from_args(args: argparse.Namespace, base: ClipPreset | None = None) -> ClipPreset:
@@ -593,7 +595,7 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = recipe_from_args(args, ("clip",))
+    recipe = stage_recipe(args, "clip", PRESETS)
     recipe["clip"] = preset = preset_from_args(args, recipe["clip"])
     record_recipe(args.out, "clip", recipe)
     train_clip(args.data, args.out, preset, preload=not args.no_preload, data_options=recipe["data"])

@@ -23,15 +23,17 @@ import torch.nn.functional as F
 
 from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import add_recipe_arguments, config_to_dict, recipe_from_args, replace
+from t2i.config import config_to_dict, replace
 from t2i.models.judge import Judge, JudgeConfig, balanced_accuracy
 from t2i.train.loop import (
     LoopConfig,
     Stage,
     StepOutput,
     add_loop_arguments,
+    add_stage_recipe_arguments,
     loop_config_from_args,
     record_recipe,
+    stage_recipe,
     train,
 )
 
@@ -211,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="synth64", choices=sorted(PRESETS))
     parser.add_argument("--image-size", type=int, help="input size (default: the preset's)")
     add_loop_arguments(parser)
-    add_recipe_arguments(parser)
+    add_stage_recipe_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, base: JudgeStageConfig | None = None) -> JudgeStageConfig:
@@ -222,7 +224,7 @@ def config_from_args(args: argparse.Namespace, base: JudgeStageConfig | None = N
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = recipe_from_args(args, (COMPONENT,))
+    recipe = stage_recipe(args, COMPONENT, PRESETS)
     recipe[COMPONENT] = cfg = config_from_args(args, recipe[COMPONENT])
     record_recipe(args.out, COMPONENT, recipe)
     metrics = train_judge(args.data, args.out, cfg, recipe["data"])

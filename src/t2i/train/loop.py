@@ -31,7 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from t2i.checkpoint import atomic_write_json, load_latest_training_state, save_training_state
-from t2i.config import config_to_dict, recipe_to_dict, replace
+from t2i.config import (
+    add_recipe_arguments,
+    config_to_dict,
+    recipe_from_args,
+    recipe_to_dict,
+    replace,
+)
+from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
 
 # Rank 0 alone renders sample grids, saves components and runs a stage's `finish` (which may
 # evaluate) while the other ranks wait at a barrier; an encode before multi-process UNet
@@ -265,6 +272,20 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def add_stage_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --set and the dataset-reading flags of a training stage."""
+    add_recipe_arguments(parser)
+    add_data_arguments(parser)
+
+
+def stage_recipe(args: argparse.Namespace, name: str, presets: dict) -> dict:
+    """{"preset", "data": DataOptions, name: the stage's config} from the preset, --config,
+    --set and the data flags (the stage applies its own flags to its section)."""
+    recipe = recipe_from_args(args, lambda preset: {"data": DataOptions(), name: presets[preset]})
+    recipe["data"] = data_options_from_args(args, recipe["data"])
+    return recipe
 
 
 def record_recipe(out: str | Path, name: str, recipe: dict) -> None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from t2i.checkpoint import atomic_write_json, resolve_component, save_component
-from t2i.config import add_recipe_arguments, config_to_dict, recipe_from_args, replace
+from t2i.config import config_to_dict, replace
 from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
@@ -30,9 +30,11 @@ from t2i.train.loop import (
     Stage,
     StepOutput,
     add_loop_arguments,
+    add_stage_recipe_arguments,
     distributed_state,
     loop_config_from_args,
     record_recipe,
+    stage_recipe,
     train,
 )
 
@@ -241,7 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute the UNet blocks' activations in the backward pass (less memory, more compute)")
     add_loop_arguments(parser)
-    add_recipe_arguments(parser)
+    add_stage_recipe_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, base: UNetStageConfig | None = None) -> UNetStageConfig:
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     from t2i.train.encode import load_vae
 
     out = Path(args.out)
-    recipe = recipe_from_args(args, ("unet",))
+    recipe = stage_recipe(args, "unet", PRESETS)
     recipe["unet"] = cfg = config_from_args(args, recipe["unet"])
     record_recipe(out, "unet", recipe)
     vae_dir = resolve_component(args.vae or out, "vae")

@@ -28,7 +28,7 @@ import torch
 from torch.func import functional_call
 
 from t2i.checkpoint import atomic_write_json, save_component
-from t2i.config import add_recipe_arguments, recipe_from_args, replace
+from t2i.config import replace
 from t2i.models.vae import VAE, VAEConfig
 from t2i.models.vae_losses import (
     DiscriminatorConfig,
@@ -45,8 +45,10 @@ from t2i.train.loop import (
     Stage,
     StepOutput,
     add_loop_arguments,
+    add_stage_recipe_arguments,
     loop_config_from_args,
     record_recipe,
+    stage_recipe,
     train,
 )
 
@@ -336,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-images", type=int)
     parser.add_argument("--no-preload", action="store_true", help="read images from disk each step")
     add_loop_arguments(parser)
-    add_recipe_arguments(parser)
+    add_stage_recipe_arguments(parser)
 
 
 def preset_from_args(args: argparse.Namespace, base: VAEPreset | None = None) -> VAEPreset:
@@ -383,7 +385,7 @@ def _optional_split(data: Path, image_size: int, preload: bool, data_options=Non
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = recipe_from_args(args, ("vae",))
+    recipe = stage_recipe(args, "vae", PRESETS)
     recipe["vae"] = preset = preset_from_args(args, recipe["vae"])
     record_recipe(args.out, "vae", recipe)
     train_vae(args.data, args.out, preset, preload=not args.no_preload, data_options=recipe["data"])
