@@ -16,7 +16,9 @@ from t2i.data.synthfaces import RENDERED_ATTRIBUTES, sample_attributes
 from t2i.eval.faithfulness import faithfulness, group_mean_pairwise_distance
 from t2i.eval.fd import FDMeter
 from t2i.eval.prompts import build_suite, column_shuffled, shuffled_rows
+from t2i.eval.report import composed_table
 from t2i.eval.run import EvalConfig, evaluate, sweep_settings
+from t2i.prompt_syntax import MAX_TERMS, parse_prompt
 
 
 def synth_rows(n, seed=0):
@@ -100,6 +102,23 @@ def test_heldout_flips_stay_plausible(rows):
         r = p.requested
         assert r[male] or r[beard], "a woman with a beard never occurs in SynthFaces"
         assert not (r[male] and r[lipstick]), "a man with lipstick never occurs in SynthFaces"
+
+
+def test_composed_form_of_a_request():
+    from t2i.eval.prompts import Prompt, composed_text
+
+    scored = tuple(RENDERED_ATTRIBUTES)
+    asked = vec(Young=True, Blond_Hair=True, Wavy_Hair=True, Eyeglasses=True, Smiling=True, No_Beard=True)
+    text = composed_text(Prompt("plain", asked, "heldout", negated=("Wearing_Hat",)), scored)
+    assert text == ("a photo of a young woman with a smile AND a photo of a young woman wearing glasses AND "
+                    "a photo of a young woman with wavy blond hair AND NOT a photo of a person wearing a hat")
+    # A denied beard is a NOT term naming the beard; the subject alone is one term.
+    shaven = composed_text(Prompt("plain", vec(Male=True, No_Beard=True), "test", negated=("No_Beard",)), scored)
+    assert shaven == "a photo of an old man AND NOT a photo of a person with a beard"
+    # Never more terms than the syntax allows: the last positive terms merge.
+    many = vec(**{a: True for a in scored if VOCAB[a].salient and a not in ("Bald", "Wearing_Hat")})
+    terms = parse_prompt(composed_text(Prompt("plain", many, "test", negated=("Wearing_Hat",)), scored)).terms
+    assert len(terms) == MAX_TERMS and terms[-1].weight == -1
 
 
 def test_suite_errors_name_the_problem(rows):
@@ -260,7 +279,7 @@ class StandInPipe:
         g = torch.Generator().manual_seed(seed)
         out = []
         for p in prompts:
-            said = caption_mentions(p)
+            said = self.mentions(p)
             want = np.array([said.get(a, not VOCAB[a].salient) for a in RENDERED_ATTRIBUTES])
             idx = [ATTRIBUTE_INDEX[a] for a in RENDERED_ATTRIBUTES]
             dist = (self.rows[:, idx] != want).sum(1)
@@ -269,6 +288,50 @@ class StandInPipe:
             noise = torch.randn(num_images, *self.images.shape[1:], generator=g) * (0.5 / steps)
             out.append((self.images[pick] + noise).clamp(-1, 1))
         return torch.cat(out)
+
+    def mentions(self, prompt: str) -> dict[str, bool]:
+        return caption_mentions(prompt)
+
+
+class ComposingStandIn(StandInPipe):
+    """Reads composed prompts (`a AND b AND NOT c`): its terms' mentions together, a NOT term's
+    inverted; with `reads_not=False` it takes a NOT term as asked for (a generator that
+    ignores the negation)."""
+
+    def __init__(self, images, rows, reads_not=True):
+        super().__init__(images, rows)
+        self.reads_not = reads_not
+
+    def mentions(self, prompt: str) -> dict[str, bool]:
+        said = {}
+        for term in parse_prompt(prompt).terms:
+            for a, value in caption_mentions(term.text).items():
+                said[a] = value if term.weight > 0 or not self.reads_not else not value
+        return said
+
+
+class LookupJudge(nn.Module):
+    """Recognises pool images (up to the stand-in's noise) and returns their true attributes."""
+
+    def __init__(self, images, rows):
+        super().__init__()
+        self.images, self.rows = images, rows
+        self.head = nn.Linear(4, NUM_ATTRIBUTES)
+        self.num_features = 4
+
+    def features(self, x):
+        x = self.prepare(x)
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(1, 2, 3))[:, None]], dim=1)
+
+    def prepare(self, x):
+        return torch.nn.functional.interpolate(x.float(), size=self.images.shape[-2:], mode="area") \
+            if x.shape[-1] != self.images.shape[-1] else x.float()
+
+    def predict(self, x, batch_size=256):
+        x = self.prepare(x)
+        d = torch.cdist(x.flatten(1), self.images.flatten(1))  # nearest pool image
+        probs = torch.from_numpy(self.rows[d.argmin(1).numpy()].astype(np.float32))
+        return probs, self.features(x)
 
 
 def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_images, tmp_path):
@@ -317,37 +380,47 @@ def test_eval_prefers_a_faithful_generator_when_the_judge_is_right(synth_dir, re
     pipeline scores near the ceiling and the text-blind one near 0.5: the metric can fail."""
     images, attrs = real_images
     rows = attrs.numpy() > 0.5
-
-    class LookupJudge(nn.Module):
-        """Recognises pool images (up to the stand-in's noise) and returns their true attributes."""
-
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(4, NUM_ATTRIBUTES)
-            self.num_features = 4
-
-        def features(self, x):
-            x = self.prepare(x)
-            return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(1, 2, 3))[:, None]], dim=1)
-
-        def prepare(self, x):
-            return torch.nn.functional.interpolate(x.float(), size=images.shape[-2:], mode="area") \
-                if x.shape[-1] != images.shape[-1] else x.float()
-
-        def predict(self, x, batch_size=256):
-            x = self.prepare(x)
-            d = torch.cdist(x.flatten(1), images.flatten(1))  # nearest pool image
-            probs = torch.from_numpy(rows[d.argmin(1).numpy()].astype(np.float32))
-            return probs, self.features(x)
-
     cfg = EvalConfig(n_prompts=8, n_per_prompt=2, n_heldout=0, steps=50, seed=0, max_real=96)
-    good = evaluate(StandInPipe(images, rows), LookupJudge(), synth_dir, cfg, None, progress=False, log=lambda *_: None)
-    blind = evaluate(StandInPipe(images, rows, follow_text=False), LookupJudge(), synth_dir, cfg, None,
+    good = evaluate(StandInPipe(images, rows), LookupJudge(images, rows), synth_dir, cfg, None, progress=False,
+                    log=lambda *_: None)
+    blind = evaluate(StandInPipe(images, rows, follow_text=False), LookupJudge(images, rows), synth_dir, cfg, None,
                      progress=False, log=lambda *_: None)
     assert good["faithfulness"]["ceiling_real"]["macro_balanced"] == 1.0
     assert good["faithfulness"]["test"]["macro_balanced"] > 0.9
     assert blind["faithfulness"]["test"]["macro_balanced"] < 0.75
     assert good["faithfulness"]["test"]["all_correct_rate"] > blind["faithfulness"]["test"]["all_correct_rate"]
+
+
+def test_eval_reports_plain_vs_composed_prompts(synth_dir, real_images):
+    """Held-out combinations and denying prompts are generated again from their composed form
+    and scored against the same requests; a generator that ignores NOT scores lower there."""
+    images, attrs = real_images
+    rows = attrs.numpy() > 0.5
+    cfg = EvalConfig(n_prompts=8, n_per_prompt=2, n_heldout=2, steps=50, seed=0, max_real=96, negate_prob=1.0,
+                     fd_images=8, min_per_class=0)
+    reads = evaluate(ComposingStandIn(images, rows), LookupJudge(images, rows), synth_dir, cfg, None,
+                     progress=False, log=lambda *_: None)
+    ignores = evaluate(ComposingStandIn(images, rows, reads_not=False), LookupJudge(images, rows), synth_dir, cfg,
+                       None, progress=False, log=lambda *_: None)
+    c = reads["composed"]
+    suite = reads["suite"]["prompts"]
+    denying = [p for p in suite if p["negated"]]
+    assert len(c["prompts"]) == len({p["text"] for p in suite if p["negated"] or p["group"] == "heldout"})
+    assert c["heldout"]["composed"]["images"] == c["heldout"]["plain"]["images"] == 2 * 2
+    assert c["negations"]["composed"]["negations"] == c["negations"]["plain"]["negations"] == 2 * len(denying) > 0
+    for pair in c["prompts"]:
+        terms = parse_prompt(pair["composed"]).terms
+        assert len(terms) > 1 and "AND" not in pair["plain"]
+        assert sum(t.weight < 0 for t in terms) == sum(p["negated"] != [] for p in suite if p["text"] == pair["plain"])
+    # The plain images are the same in both runs; only the composed ones differ.
+    assert ignores["composed"]["negations"]["plain"] == c["negations"]["plain"]
+    read_obeyed = c["negations"]["composed"]["negations_obeyed"]
+    assert read_obeyed > 0.9 and read_obeyed > ignores["composed"]["negations"]["composed"]["negations_obeyed"] + 0.1
+    table = composed_table(reads)
+    assert "held-out combinations" in table and "denials obeyed" in table
+    off = evaluate(ComposingStandIn(images, rows), LookupJudge(images, rows), synth_dir,
+                   EvalConfig(**{**cfg.__dict__, "composed": False}), None, progress=False, log=lambda *_: None)
+    assert off["composed"] is None and composed_table(off) == ""
 
 
 # ----------------------------------------------------------------------------- the real CLI

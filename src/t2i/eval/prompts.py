@@ -12,6 +12,10 @@ one absent attribute explicitly, "without eyeglasses"):
   (attribute, value) choices does occur together somewhere in the data, so the set holds
   *unseen* combinations of *possible* ones (never "a woman with a beard" when the data has none).
 
+`composed_text` writes a prompt's request in the composable syntax (Liu et al. 2022): one
+term per attribute and a `NOT` term per explicit denial, so `t2i eval` can measure the same
+requests both ways.
+
 Scoring is restricted to the attributes that vary in the training split and that captions can
 mention (`scored_attributes`; for SynthFaces, the 21 rendered ones).
 """
@@ -25,7 +29,15 @@ import numpy as np
 import torch
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
-from t2i.data.captions import complete_caption, negatable_attributes, varied_attributes
+from t2i.data.captions import (
+    TWO_SIDED,
+    VOCAB,
+    complete_caption,
+    negatable_attributes,
+    salient_mentions,
+    varied_attributes,
+)
+from t2i.prompt_syntax import MAX_TERMS, ComposedPrompt, Term
 
 GROUPS = ("test", "heldout")
 
@@ -210,3 +222,39 @@ def column_shuffled(rows: np.ndarray, scored: tuple[str, ...], seed: int) -> np.
 def caption_rows(rows: np.ndarray, scored: tuple[str, ...]) -> list[str]:
     """Canonical complete captions for (N, 40) bool rows (no negations)."""
     return [complete_caption(np.where(r, 1, -1), None, attributes=scored) for r in rows]
+
+
+def composed_text(prompt: Prompt, scored: tuple[str, ...]) -> str:
+    """`prompt`'s request as composed terms, each in the captions' canonical wording:
+
+        a photo of a young woman with blond hair AND a photo of a young woman wearing eyeglasses
+        AND NOT a photo of a person wearing a hat
+
+    One term per requested attribute, each keeping the subject (sex, age) as the training's
+    partial captions do; hair colour and texture share one term ("wavy blond hair"), as in a
+    caption. Each explicit denial becomes a NOT term naming the attribute without the subject
+    (a NOT term with the subject would cancel the subject's guidance). Every weight is 1, as
+    people write `AND`. A request of the subject alone is one term; terms beyond MAX_TERMS are
+    merged into the last positive term."""
+    signed = np.where(prompt.requested, 1, -1)
+    subject = [a for a in TWO_SIDED if a in scored]
+    groups: list[list[str]] = []
+    hair: list[str] = []
+    for a in salient_mentions(signed, scored):
+        if a in subject:
+            continue
+        if VOCAB[a].kind == "hair":
+            if not hair:
+                groups.append(hair)
+            hair.append(a)
+        else:
+            groups.append([a])
+    groups = groups or [[]]
+    while len(groups) + len(prompt.negated) > MAX_TERMS and len(groups) > 1:
+        groups[-2:] = [groups[-2] + groups[-1]]
+    terms = [Term(complete_caption(signed, attributes=subject + g)) for g in groups]
+    for a in prompt.negated:
+        present = signed.copy()
+        present[ATTRIBUTE_INDEX[a]] = 1 if VOCAB[a].salient else -1  # "a beard" for a denied beard
+        terms.append(Term(complete_caption(present, attributes=[a]), -1.0))
+    return str(ComposedPrompt(tuple(terms)))

@@ -239,6 +239,35 @@ def headline_table(report: dict) -> str:
     return title + "\n" + "\n".join(lines)
 
 
+def composed_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(prompts, metric, plain prompt, composed prompt) rows of the plain-vs-composed comparison."""
+    c = report.get("composed") or {}
+    rows = []
+    for group, title in (("heldout", "held-out combinations"), ("negations", "prompts with a denial")):
+        pair = c.get(group)
+        if not pair:
+            continue
+        p, q = pair["plain"], pair["composed"]
+        rows.append((title, "balanced", fmt(p["macro_balanced"]), fmt(q["macro_balanced"])))
+        rows.append((title, "all-correct", fmt(p["all_correct_rate"]), fmt(q["all_correct_rate"])))
+        if group == "negations":
+            rows.append((title, f"denials obeyed ({p.get('negations', 0)})", fmt(p.get("negations_obeyed")),
+                         fmt(q.get("negations_obeyed"))))
+    if rows:
+        rows.append(("", "seconds per image", fmt(report["timing"]["seconds_per_image"], 4),
+                     fmt(c.get("seconds_per_image"), 4)))
+    return rows
+
+
+def composed_table(report: dict) -> str:
+    """The same requests as one plain prompt and as a composed prompt (`a AND b AND NOT c`)."""
+    rows = [("prompts", "metric", "plain prompt", "composed")] + composed_rows(report)
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def sweep_table(report: dict) -> str:
     sweep = report.get("sweep") or []
     if not sweep:
@@ -291,6 +320,12 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
                      fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
     parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
                                "held-out balanced", "real (ceiling)", "shuffled (floor)")))
+    if composed_rows(report):
+        parts.append("<h2>Plain vs composed prompts</h2>")
+        parts.append(_table(composed_rows(report), ("prompts", "metric", "plain prompt", "composed")))
+        parts.append(f"<p class='note'>The same requests written as one prompt and as composed terms "
+                     f"(Liu et al. 2022): {html.escape(report['composed']['form'])}. Example: "
+                     f"<code>{html.escape(report['composed']['prompts'][0]['composed'])}</code></p>")
     if report.get("sweep"):
         parts.append("<h2>Sweep</h2>")
         for key in ("steps", "guidance"):

@@ -4,7 +4,8 @@
 
 Metrics (definitions and chance levels in docs/eval.md): per-attribute balanced faithfulness
 judged by the project's attribute classifier, the all-attributes-correct rate, held-out
-attribute combinations, FD on judge features (with real-vs-real, VAE-reconstruction and
+attribute combinations (and, with the prompts that deny an attribute, the same requests
+written as composed prompts: `a AND b AND NOT c`), FD on judge features (with real-vs-real, VAE-reconstruction and
 shuffled-prompt references), CLIP score with the project's CLIP, and diversity. Everything is
 computed beside its ceiling and floor on real test images, so a number can be read alone.
 
@@ -38,9 +39,23 @@ from t2i.eval.faithfulness import (
     same_attribute_diversity,
 )
 from t2i.eval.fd import FDMeter
-from t2i.eval.prompts import PromptSuite, build_suite, caption_rows, column_shuffled, shuffled_rows
-from t2i.eval.report import fmt, headline_table, prompt_grid, sweep_table, write_report
-from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from t2i.eval.prompts import (
+    PromptSuite,
+    build_suite,
+    caption_rows,
+    column_shuffled,
+    composed_text,
+    shuffled_rows,
+)
+from t2i.eval.report import (
+    composed_table,
+    fmt,
+    headline_table,
+    prompt_grid,
+    sweep_table,
+    write_report,
+)
+from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_prompt
 
 
 @dataclass
@@ -66,6 +81,7 @@ class EvalConfig:
     seed_setting: tuple[str, int] = ("ddpm", 400)  # the seed project's sampler and step count
     grid_prompts: int = 12  # prompts per image grid in the HTML report
     clip_images: int = 512  # real images scored for the CLIP ceiling/floor
+    composed: bool = True  # held-out and denying prompts again as composed prompts (`a AND NOT b`)
 
     def __post_init__(self):
         for name in ("n_per_prompt", "steps", "batch_size", "max_real"):
@@ -306,6 +322,8 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         "diversity": diversity,
         "timing": {"seconds_per_image": main.seconds / max(1, len(main.images)),
                    "images": int(len(main.images)), "batch_size": cfg.batch_size},
+        "composed": (compare_composed(pipe, judge, suite, main.verdicts, requested, negated, cfg, progress)
+                     if cfg.composed else None),
         "sweep": (run_sweep(pipe, judge, scored, real_rows[other[: cfg.sweep_images].numpy()],
                             real[other[: cfg.sweep_images]], cfg, meter, progress, log) if cfg.sweep else []),
     }
@@ -323,6 +341,47 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         paths = write_report(report, out_dir, grids)
         log(f"[eval] wrote {paths['json']} and {paths['html']}")
     return report
+
+
+def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tensor, requested: np.ndarray,
+                     negated: list[tuple[str, ...]], cfg: EvalConfig, progress: bool) -> dict | None:
+    """The held-out combinations and every prompt with an explicit denial, generated again
+    from their composed form (`composed_text`: one term per attribute, NOT per denial) and
+    scored against the same requests as the plain prompts' images (`plain_verdicts`, (P*K, 40),
+    from the suite's own run, so the two sets share settings but not start noise)."""
+    K = cfg.n_per_prompt
+    held = suite.group("heldout")
+    denying = [i for i, p in enumerate(suite.prompts) if p.negated]
+    chosen = list(dict.fromkeys(held + denying))
+    if not chosen:
+        return None
+    texts = [composed_text(suite.prompts[i], suite.scored) for i in chosen]
+    # A composed image runs (terms + 1) UNet rows a step: keep a call's rows near a plain call's.
+    rows_per_image = max(len(parse_prompt(t).terms) for t in texts) + 1
+    batch = max(K, cfg.batch_size * 2 // rows_per_image)
+    images, seconds = generate_images(pipe, texts, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed, batch,
+                                      "composed", progress)
+    verdicts, _ = judge_images(judge, images)
+    at = {i: n for n, i in enumerate(chosen)}
+
+    def both(ids: list[int]) -> dict | None:
+        if not ids:
+            return None
+        plain_rows = [i * K + k for i in ids for k in range(K)]
+        composed_rows = [at[i] * K + k for i in ids for k in range(K)]
+        denied = [negated[r] for r in plain_rows]
+        return {"plain": faithfulness(plain_verdicts[plain_rows], requested[plain_rows], suite.scored, denied),
+                "composed": faithfulness(verdicts[composed_rows], requested[plain_rows], suite.scored, denied)}
+
+    return {
+        "form": "one term per requested attribute (subject kept, hair words together), NOT per explicit denial, "
+                "every weight 1; same steps, sampler and guidance as the plain prompts",
+        "heldout": both(held),
+        "negations": both(denying),
+        "prompts": [{"plain": suite.prompts[i].text, "composed": t} for i, t in zip(chosen, texts)],
+        "seconds_per_image": seconds / max(1, len(images)),
+        "images": int(len(images)),
+    }
 
 
 def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int, float]]:
@@ -400,6 +459,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="sweep without the 400-step DDPM setting")
     parser.add_argument("--sweep-images", type=int, help=f"images per sweep setting (default {d.sweep_images})")
     parser.add_argument("--fd-images", type=int, help=f"generated images for FD (default {d.fd_images})")
+    parser.add_argument("--no-composed", action="store_true",
+                        help="skip generating the held-out and denying prompts again as composed prompts")
     parser.add_argument("--device", help="cuda | mps | cpu (default: the best available)")
     parser.add_argument("--no-progress", action="store_true")
     add_recipe_arguments(parser)
@@ -421,6 +482,8 @@ def config_from_args(args: argparse.Namespace, base: EvalConfig | None = None) -
         flags["sweep"] = True
     if args.quick:
         flags["quick"] = True
+    if args.no_composed:
+        flags["composed"] = False
     return replace(base or EvalConfig(**PRESETS[args.preset]), **flags)
 
 
@@ -446,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(pipe, judge, args.data, cfg, out, judge_meta=judge_meta, progress=not args.no_progress,
                       data_options=recipe["data"])
     print(headline_table(report))
+    if report["composed"]:
+        print(composed_table(report))
     if report["sweep"]:
         print(sweep_table(report))
     print(f"report: {out / 'report.html'}")
