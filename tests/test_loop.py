@@ -82,6 +82,29 @@ def test_resume_is_bitwise_exact(tmp_path):
         assert torch.equal(straight.final[k], resumed.final[k]), k
 
 
+class DrawingStage(ToyStage):
+    """Draws from the global generator every step, as dropout does."""
+
+    def __init__(self, draws, **kw):
+        super().__init__(**kw)
+        self.draws = draws
+
+    def training_step(self, batch, ctx):
+        self.draws[ctx.step] = torch.rand(1).item()
+        return super().training_step(batch, ctx)
+
+
+def test_resume_continues_the_global_generator(tmp_path):
+    """After a resume the global generator gives what it gave at the same steps uninterrupted
+    (starting the data loader used to draw from it between the restore and the first step)."""
+    straight, resumed = {}, {}
+    train(DrawingStage(straight), ToyData(), cfg(), tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        train(DrawingStage(resumed, signal_at=4), ToyData(), cfg(), tmp_path / "b")
+    train(DrawingStage(resumed), ToyData(), cfg(), tmp_path / "b")
+    assert resumed == straight
+
+
 def test_nan_loss_is_skipped_and_reported(tmp_path, capsys):
     stage = ToyStage(nan_at={2, 3})
     metrics = train(stage, ToyData(), cfg(), tmp_path)

@@ -61,3 +61,15 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
     assert main([*argv, "--out", str(straight)]) == 0
     out = capsys.readouterr().out
     assert out.count(": up to date\n") == 4 and "[all] unet: t2i train unet" in out and "[all] eval: t2i eval" in out
+
+
+def test_max_steps_caps_every_training_stage():
+    from t2i.train.all import plan
+
+    steps = {s.name: s.argv[s.argv.index("--steps") + 1] for s in plan("d", "o", "celeba128", 0, max_steps=300)
+             if "--steps" in s.argv}
+    assert steps == {"vae": "300", "clip": "300", "unet": "300", "judge": "300"}
+    tiny = {s.name: s.argv for s in plan("d", "o", "tiny", 0, max_steps=1000)}
+    assert tiny["unet"][-2:] == ["--steps", "20"]  # the preset's 20 is already below the cap
+    assert all("--steps" not in s.argv for s in plan("d", "o", "tiny", 0))
+    assert main(["train", "all", "--data", "d", "--out", "o", "--max-steps", "0"]) == 2

@@ -30,15 +30,24 @@ class StageSpec:
     argv: list[str]  # `t2i` arguments
 
 
-def plan(data: str, out: str, preset: str, seed: int) -> list[StageSpec]:
+def plan(data: str, out: str, preset: str, seed: int, max_steps: int | None = None) -> list[StageSpec]:
+    """The stages in order. `max_steps` caps every training stage's optimizer steps (a short
+    check that a recipe runs end to end, or a measurement of its steps/s)."""
     common = ["--data", data, "--out", out, "--preset", preset, "--seed", str(seed)]
+
+    def train(stage: str) -> list[str]:
+        steps = []
+        if max_steps is not None:
+            steps = ["--steps", str(min(max_steps, preset_config(stage, preset)["loop"]["steps"]))]
+        return ["train", stage, *common, *steps]
+
     return [
-        StageSpec("vae", "vae/model.safetensors", (), ["train", "vae", *common]),
-        StageSpec("clip", "clip/model.safetensors", (), ["train", "clip", *common]),
+        StageSpec("vae", "vae/model.safetensors", (), train("vae")),
+        StageSpec("clip", "clip/model.safetensors", (), train("clip")),
         StageSpec("encode", "latents/index.json", ("vae",),
                   ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"), "--flip"]),
-        StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), ["train", "unet", *common]),
-        StageSpec("judge", "judge/model.safetensors", (), ["train", "judge", *common]),
+        StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), train("unet")),
+        StageSpec("judge", "judge/model.safetensors", (), train("judge")),
         StageSpec("eval", "eval/report.json", ("vae", "clip", "unet", "judge"),
                   ["eval", "--model", out, "--data", data, "--seed", str(seed), "--preset", preset]),
     ]
@@ -96,7 +105,8 @@ def check_data(data: Path) -> dict:
     return summary
 
 
-def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ...] = ()) -> dict:
+def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ...] = (),
+            max_steps: int | None = None) -> dict:
     from t2i.cli import main
 
     data_path, out_path = Path(data), Path(out)
@@ -113,9 +123,11 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
           f"train/val/test images, {len(summary['attributes'])} attributes vary")
     index["attributes"] = summary["attributes"]
     base = f"{preset}:{seed}:{data_fingerprint(data_path)}"
+    if max_steps is not None:  # a capped run is a different recipe: never "up to date" for a full one
+        base += f":max_steps={max_steps}"
     fingerprints: dict[str, str] = {}
     report = {"data": summary, "stages": {}}
-    for spec in plan(str(data_path), str(out_path), preset, seed):
+    for spec in plan(str(data_path), str(out_path), preset, seed, max_steps):
         upstream = "|".join(fingerprints[d] for d in spec.depends)
         recipe = json.dumps(preset_config(spec.name, preset), sort_keys=True)
         fp = hashlib.sha256(f"{spec.name}|{base}|{recipe}|{upstream}".encode()).hexdigest()[:16]
@@ -188,8 +200,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "clip", "encode", "unet", "judge", "eval"],
                         help="stages not to run")
+    parser.add_argument("--max-steps", type=int, metavar="N",
+                        help="cap every training stage at N optimizer steps (a quick end-to-end check of a "
+                             "preset, or a measurement of its speed; the result is not a finished model)")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_all(args.data, args.out, args.preset, args.seed, tuple(args.skip))
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    run_all(args.data, args.out, args.preset, args.seed, tuple(args.skip), args.max_steps)
     return 0

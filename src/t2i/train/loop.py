@@ -377,9 +377,13 @@ def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) 
         len(dataset), cfg.batch_size, cfg.seed, start=start_step * cfg.grad_accum,
         rank=ctx.rank, world=ctx.world_size,
     )
+    # The loader's own generator: starting an iterator draws a base seed, and from the global
+    # generator that draw would land between a resumed run's restored RNG state and its first
+    # step, shifting every later global draw (dropout) against an uninterrupted run.
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=stage.collate, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0, pin_memory=accelerator.device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     batches = iter(loader)
 
