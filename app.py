@@ -20,26 +20,8 @@ try:
 except ImportError:  # a Space that did not install the package: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from t2i.app.limits import Limits  # noqa: E402
+from t2i.app.limits import limits_from_env  # noqa: E402
 from t2i.app.server import create_app  # noqa: E402
-
-
-def limits_from_env(environ=os.environ) -> Limits:
-    d = Limits()
-    names = {"max_steps": "T2I_MAX_STEPS", "max_images": "T2I_MAX_IMAGES", "max_prompt_chars": "T2I_MAX_PROMPT_CHARS",
-             "concurrency": "T2I_CONCURRENCY", "queue_size": "T2I_QUEUE_SIZE"}
-    values = {}
-    for field, var in names.items():
-        raw = environ.get(var)
-        if raw is None:
-            values[field] = getattr(d, field)
-            continue
-        try:
-            values[field] = int(raw)
-        except ValueError:
-            raise SystemExit(f"app.py: {var} must be an integer, got {raw!r}") from None
-    return Limits(**values)
-
 
 MODEL_DIR = os.environ.get("T2I_MODEL_DIR", str(ROOT / "model"))
 demo, launch_kwargs = create_app(MODEL_DIR, limits_from_env())

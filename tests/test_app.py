@@ -49,19 +49,25 @@ def start_server(model: Path, log_path: Path, *extra: str) -> tuple[subprocess.P
     proc = subprocess.Popen([sys.executable, "-c", ENTRY, "serve", "--model", str(model), "--port", str(port), *extra],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
+    wait_until_serving(proc, url, log_path, "t2i serve")
+    return proc, url
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log_path: Path, what: str) -> None:
+    """Return once `url` answers 200; fail with the server log if it exits or takes > 3 min."""
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"t2i serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url + "/", timeout=2) as r:
                 if r.status == 200:
-                    return proc, url
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"t2i serve did not answer in time:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} did not answer in time:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
 
 

@@ -35,6 +35,8 @@ RULES = [
     ("checkpoint.py", ("t2i.data", "t2i.train", "t2i.pipeline")),
     ("app", ("t2i.train", "t2i.eval", "t2i.models", "t2i.diffusion")),
     ("prompt_syntax.py", ("t2i.", "torch", "numpy")),  # pure text
+    ("hub.py", ("t2i.",)),  # huggingface_hub only: the pipeline imports it
+    ("export.py", ("t2i.data", "t2i.train", "t2i.app")),
 ]
 
 

@@ -27,6 +27,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("live",): ("t2i.live", "interactive prompt loop that shows each image forming"),
     ("serve",): ("t2i.app.server", "web demo (Gradio) with a streaming API"),
     ("eval",): ("t2i.eval.run", "measure prompt faithfulness, FD and CLIP score"),
+    ("export",): ("t2i.export", "write an inference-only model folder with a model card (or a Space)"),
 }
 
 

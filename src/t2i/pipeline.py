@@ -21,6 +21,7 @@ which for one term of weight 1 is classifier-free guidance exactly. A prompt wit
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from t2i import __version__
 from t2i.checkpoint import (
     CONFIG_NAME,
+    INDEX_NAME,
+    atomic_write_json,
+    atomic_write_text,
+    inside,
     load_component,
     read_component_config,
     read_model_index,
     resolve_component,
+    save_component,
 )
 from t2i.diffusion.guidance import cfg_model, composed_model
 from t2i.diffusion.samplers import SAMPLERS, img2img_start, make_denoiser, timesteps
@@ -43,7 +50,8 @@ from t2i.diffusion.schedule import NoiseSchedule
 from t2i.models.unet import UNet, UNetConfig
 from t2i.models.vae import VAE, VAEConfig
 from t2i.prompt_syntax import ComposedPrompt, PromptSyntaxError, parse_prompt
-from t2i.text_encoder import TextEncoder
+from t2i.text_encoder import TOKENIZER_NAME, TextEncoder
+from t2i.vocabulary import VOCABULARY_NAME
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 3.0
@@ -57,6 +65,13 @@ MAX_UNET_ROWS = 2 * MAX_IMAGES_PER_CALL
 # Largest image side a model config may ask for: a 4096px image is already a 512x512 latent;
 # a hostile or mistyped config.json must fail at load, not when the first latents are allocated.
 MAX_IMAGE_SIZE = 4096
+# model_index.json's `_class_name` in an export: diffusers looks this name up in its own module
+# and fails with it in the message.
+PIPELINE_CLASS_NAME = "t2i.pipeline.T2IPipeline"
+# Files of a model dir that travel with an export as they are: the training captions' words
+# (unseen-word warnings).
+KEPT_FILES = (VOCABULARY_NAME,)
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def default_device() -> torch.device:
@@ -99,11 +114,24 @@ class T2IPipeline:
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.last_seed: int | None = None
+        # What the model dir said beyond the weights (each component's config.json, its
+        # model_index.json): `save_pretrained` writes them back, so an export keeps the recipe.
+        self.component_configs: dict[str, dict] = {}
+        self.model_index: dict = {}
+        self.model_files: dict[str, str] = {}  # small text files kept verbatim (KEPT_FILES)
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, device: str | torch.device | None = None, precision: str = "auto"
+        cls, model_dir: str | Path, device: str | torch.device | None = None, precision: str = "auto",
+        revision: str | None = None,
     ) -> T2IPipeline:
+        """Load a model directory (a training dir or a `save_pretrained` export), or a Hugging
+        Face Hub repo id "user/repo" (at `revision`) through huggingface_hub (the [hub] extra),
+        which honours HF_HUB_OFFLINE and its cache."""
+        if not Path(model_dir).is_dir() and is_hub_repo_id(str(model_dir)):
+            from t2i.hub import download_model
+
+            model_dir = download_model(str(model_dir), revision=revision)
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model directory not found: {model_dir}")
@@ -118,7 +146,7 @@ class T2IPipeline:
             schedule = NoiseSchedule.from_dict(diffusion.get("schedule", {}))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{unet_dir / CONFIG_NAME}: bad diffusion schedule: {e}") from None
-        vae, _ = load_component(resolve_component(model_dir, "vae"), VAE, VAEConfig, "vae")
+        vae, vae_meta = load_component(resolve_component(model_dir, "vae"), VAE, VAEConfig, "vae")
         image_size = meta.get("image_size", 64)
         try:
             check_image_size(image_size, vae.downsample_factor)
@@ -132,14 +160,57 @@ class T2IPipeline:
                 f"{model_dir}: the UNet expects text states of width {unet.config.context_dim} but the "
                 f"text encoder gives {text_encoder.hidden_dim}; they come from different trainings"
             )
+        index = read_model_index(model_dir)
         pipe = cls(
             vae, text_encoder, unet,
             schedule=schedule,
             prediction=diffusion.get("prediction", "v"),
             image_size=image_size,
-            model_id=str(read_model_index(model_dir).get("id", model_dir.name)),
+            model_id=str(index.get("id", model_dir.name)),
         )
+        pipe.model_index = index
+        for name in KEPT_FILES:
+            if (model_dir / name).is_file():
+                pipe.model_files[name] = inside(model_dir, model_dir / name).read_text(encoding="utf-8")
+        pipe.component_configs = {"vae": vae_meta, "clip": read_component_config(
+            resolve_component(model_dir, "clip"), "clip"), "unet": meta}
         return pipe.to(device if device is not None else default_device(), precision)
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write an inference-only model dir: tokenizer.json, clip/ (the text encoder), unet/ (the
+        weights sampled with: EMA for a trained model), vae/ (with its latent scale/shift),
+        each as config.json + model.safetensors, model_index.json and vocabulary.json (when the
+        model dir had one). No checkpoints, latent cache or logs. `from_pretrained` on it gives the same pixels for the same seed.
+
+        model_index.json's `_class_name` names t2i's pipeline class, so diffusers pointed at the
+        folder fails saying so ("module diffusers has no attribute t2i.pipeline.T2IPipeline")
+        instead of misreading it. Refuses a non-empty folder that is not an earlier export."""
+        out = Path(save_directory)
+        check_export_target(out)
+        out.mkdir(parents=True, exist_ok=True)
+        unet = getattr(self.unet, "_orig_mod", self.unet)  # the module under torch.compile
+        required = {"unet": {"diffusion": {"schedule": self.schedule.to_dict(), "prediction": self.prediction},
+                             "image_size": self.image_size}}
+        for kind, module in (("vae", self.vae), ("clip", self.text_encoder.clip), ("unet", unet)):
+            meta = self.component_configs.get(kind, {})
+            extra = {k: v for k, v in meta.items() if k not in ("type", "config")} | required.get(kind, {})
+            save_component(out / kind, module, module.config, kind, extra=extra)
+        self.text_encoder.tokenizer.save(out / TOKENIZER_NAME)
+        for name, text in self.model_files.items():
+            atomic_write_text(out / name, text)
+        index = {k: v for k, v in self.model_index.items() if k != "stages"}  # training records stay behind
+        atomic_write_json(out / INDEX_NAME, {
+            "_class_name": PIPELINE_CLASS_NAME,
+            "_t2i_version": __version__,
+            **index,
+            "format": "t2i-model",
+            "id": self.model_id,
+            # diffusers' (library, class) per component folder, for readers of that layout
+            "vae": ["t2i", "t2i.models.vae.VAE"],
+            "clip": ["t2i", "t2i.models.clip.CLIP"],
+            "unet": ["t2i", "t2i.models.unet.UNet"],
+        })
+        return out
 
     def to(self, device: str | torch.device, precision: str = "auto") -> T2IPipeline:
         """Move to `device`. precision: "fp32" | "bf16" | "fp16" autocast for the networks;
@@ -425,6 +496,21 @@ def check_unet_rows(parsed: list[ComposedPrompt], num_images: int) -> None:
         raise ValueError(f"{num_images * len(parsed)} images of composed prompts with "
                          f"{sum(len(p.terms) for p in parsed)} terms in all need {rows} UNet rows per step; "
                          f"the limit is {MAX_UNET_ROWS}: ask for fewer images or terms")
+
+
+def is_hub_repo_id(name: str) -> bool:
+    """"user/repo" (Hugging Face Hub naming), not a path like "./x", "/x" or "a/b/c"."""
+    return bool(HUB_REPO_ID.fullmatch(name)) and ".." not in name
+
+
+def check_export_target(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    if any(out.iterdir()) and read_model_index(out).get("_class_name") != PIPELINE_CLASS_NAME:
+        raise ValueError(f"{out} is not empty and holds no earlier t2i export; refusing to write into it "
+                         "(an export must not mix with checkpoints or other files)")
 
 
 def check_image_size(image_size, factor: int) -> int:

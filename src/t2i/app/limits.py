@@ -12,6 +12,7 @@ No gradio import here: `t2i live` and the tests use this module without the [app
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -167,3 +168,24 @@ def validate_request(
         seed = secrets.randbelow(MAX_SEED + 1)
     seed = as_int(seed, "seed", 0, MAX_SEED)
     return GenerationRequest(prompt, negative, steps, guidance, sampler, seed, num_images)
+
+
+# The environment variables a Space's app.py reads its limits from (defaults as `t2i serve`).
+LIMIT_VARIABLES = {"max_steps": "T2I_MAX_STEPS", "max_images": "T2I_MAX_IMAGES",
+                   "max_prompt_chars": "T2I_MAX_PROMPT_CHARS", "concurrency": "T2I_CONCURRENCY",
+                   "queue_size": "T2I_QUEUE_SIZE"}
+
+
+def limits_from_env(environ=os.environ) -> Limits:
+    """Limits from T2I_MAX_STEPS, T2I_MAX_IMAGES, T2I_MAX_PROMPT_CHARS, T2I_CONCURRENCY and
+    T2I_QUEUE_SIZE; unset ones keep their defaults, a non-integer is a clear exit."""
+    values = {}
+    for field, var in LIMIT_VARIABLES.items():
+        raw = environ.get(var)
+        if raw is None:
+            continue
+        try:
+            values[field] = int(raw)
+        except ValueError:
+            raise SystemExit(f"app.py: {var} must be an integer, got {raw!r}") from None
+    return Limits(**values)
