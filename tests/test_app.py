@@ -164,7 +164,8 @@ def test_compose_prompt_uses_the_training_vocabulary():
 def test_generate_streams_frames_then_final_images(client, app_model):
     job = client.submit(**request(steps=24, num_images=2, seed=3), api_name="/generate")
     outputs = list(job)
-    preview, gallery, info = job.result(timeout=120)
+    preview, gallery, info, warnings = job.result(timeout=120)
+    assert warnings == []  # every word of the prompt is one the model was trained on
     assert len(outputs) > 1, outputs  # frames were streamed before the result
     frames = [o[0] for o in outputs[:-1]]
     assert all(f and Path(f).is_file() for f in frames)
@@ -186,8 +187,27 @@ def test_generate_streams_frames_then_final_images(client, app_model):
 def test_readme_example_needs_only_the_prompt(client):
     # README's snippet: every other input has a default, so the API does not require it.
     outputs = list(client.submit("a bald man with a mustache", api_name="/generate"))
-    preview, gallery, info = outputs[-1]
+    preview, gallery, info, warnings = outputs[-1]
     assert len(outputs) > 1 and len(gallery) >= 1 and "per image" in info
+
+
+def test_unseen_words_are_named_in_the_page_and_as_a_structured_api_warning(client, app_model):
+    from t2i.vocabulary import Vocabulary
+
+    vocab = Vocabulary.load(app_model)
+    job = client.submit(**request("a smiling woman in a sombrero, smilling", negative_prompt="zebra", steps=2),
+                        api_name="/generate")
+    outputs = list(job)
+    preview, gallery, info, warnings = job.result(timeout=120)
+    assert len(gallery) == 1
+    unseen = [w for w in warnings if w["kind"] == "unseen_words"]
+    assert [(w["field"], [x["word"] for x in w["words"]]) for w in unseen] == [
+        ("prompt", ["sombrero", "smilling"]), ("negative_prompt", ["zebra"])]
+    assert unseen[0]["words"] == [{"word": "sombrero", "suggestion": vocab.suggest("sombrero")},
+                                  {"word": "smilling", "suggestion": "smiling"}]
+    # The page says it too, from the first streamed frame on, naming the words.
+    assert '"sombrero"' in outputs[0][2] and '"smilling" (try "smiling")' in info
+    assert 'negative prompt: the model never saw the word "zebra"' in info
 
 
 def test_same_seed_same_images(client):
@@ -235,7 +255,7 @@ def test_odd_prompts_work(client):
         "<script>alert(1)</script> & ' \" `code` **bold**",
     ]
     for prompt in odd:
-        preview, gallery, info = client.predict(**request(prompt, steps=2), api_name="/generate")
+        preview, gallery, info, warnings = client.predict(**request(prompt, steps=2), api_name="/generate")
         assert len(gallery) == 1 and Path(gallery[0]["image"]).is_file(), prompt
         assert "<script>" not in info
         with Image.open(gallery[0]["image"]) as im:

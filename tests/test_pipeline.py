@@ -1,6 +1,7 @@
 """The inference pipeline and `t2i generate` on a tiny trained model."""
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -137,6 +138,37 @@ def test_generate_cli_writes_pngs_with_metadata(tiny_model, tmp_path, capsys):
     assert meta["prompt"] == "a smiling man" and meta["seed"] == 6 and meta["steps"] == 3  # its own seed: 5 + 1
     assert meta["index"] == 1 and meta["sampler"] == "dpm++2m"
     assert "s per image" in capsys.readouterr().out
+
+
+def test_prompt_warnings_name_words_the_model_never_saw(pipe, tiny_model, tmp_path):
+    from t2i.vocabulary import Vocabulary
+
+    assert pipe.vocabulary is not None and pipe.vocabulary.counts == Vocabulary.load(tiny_model).counts
+    assert pipe.prompt_warnings("a photo of a smiling woman") == []
+    (w,) = pipe.prompt_warnings("a smiling woman in a sombrero, smilling", field="negative_prompt")
+    assert w["kind"] == "unseen_words" and w["field"] == "negative_prompt"
+    assert w["words"] == [{"word": "sombrero", "suggestion": pipe.vocabulary.suggest("sombrero")},
+                          {"word": "smilling", "suggestion": "smiling"}]
+    assert '"sombrero"' in w["message"] and '"smilling" (try "smiling")' in w["message"]
+    long = pipe.prompt_warnings(" ".join(["a smiling man"] * 40))
+    assert [x["kind"] for x in long] == ["truncated"]
+    # A model trained before words were recorded warns about none; a vocabulary.json that
+    # points out of the model dir is refused.
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old, ignore=shutil.ignore_patterns("vocabulary.json"))
+    assert T2IPipeline.from_pretrained(old, device="cpu").prompt_warnings("a sombrero") == []
+    (tmp_path / "outside.json").write_text((tiny_model / "vocabulary.json").read_text())
+    (old / "vocabulary.json").symlink_to(tmp_path / "outside.json")
+    with pytest.raises(ValueError, match="outside"):
+        T2IPipeline.from_pretrained(old, device="cpu")
+
+
+def test_generate_cli_warns_about_unseen_words(tiny_model, tmp_path, capsys):
+    assert main(["generate", "a man in a sombrero", "--model", str(tiny_model), "-n", "1", "--steps", "1",
+                 "--negative", "zebra", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 'a man in a sombrero': the model never saw the word \"sombrero\"" in err
+    assert "warning: negative prompt 'zebra': the model never saw the word \"zebra\"" in err
 
 
 def test_generate_cli_bad_input(tiny_model, tmp_path, capsys):

@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = T2IPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     if args.compile:
         pipe.compile()
+    warn_about_prompts(pipe, args.interpolate or prompts, args.negative)
     out = new_run_dir(Path(args.out))
     settings = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler, model=pipe.model_id)
     t0 = time.perf_counter()
@@ -194,6 +195,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(images)} images, {per_image:.3f} s per image ({args.steps} steps, {args.sampler}, "
           f"guidance {args.guidance}, {pipe.device}) in {out}")
     return 0
+
+
+def warn_about_prompts(pipe, prompts: list[str], negative: str | None, stream=None) -> int:
+    """Print the pipeline's warnings for each prompt (words the model never saw, with the
+    closest word it knows; prompts longer than it reads) to stderr. Returns how many."""
+    stream = stream or sys.stderr
+    lines = []
+    for text in dict.fromkeys(prompts):
+        lines += [f"warning: {text!r}: {w['message']}" for w in pipe.prompt_warnings(text)]
+    if negative:
+        lines += [f"warning: negative prompt {negative!r}: {w['message']}"
+                  for w in pipe.prompt_warnings(negative, "negative_prompt")]
+    for line in lines:
+        print(line, file=stream)
+    return len(lines)
 
 
 def write_images(pipe, args, prompts, init_image, out: Path, settings: dict) -> tuple[list, list[str]]:

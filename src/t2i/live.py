@@ -33,7 +33,7 @@ from t2i.app.limits import (
     as_int,
     validate_request,
 )
-from t2i.app.stream import Frame, stream_generation, truncation_note
+from t2i.app.stream import Frame, request_warnings, stream_generation, warning_lines
 from t2i.generate import next_number, png_metadata
 from t2i.pipeline import (
     DEFAULT_GUIDANCE,
@@ -342,10 +342,8 @@ class LiveSession:
         composed = parse_prompt(request.prompt)
         if not composed.is_plain:
             self.view.say(f"composed prompt, {composed.describe()}")
-        for text in (request.prompt, request.negative_prompt):
-            warning = truncation_note(self.pipe, text)
-            if warning:
-                self.view.say(f"warning: {warning}")
+        for line in warning_lines(request_warnings(self.pipe, request)):
+            self.view.say(f"warning: {line}")
         self.view.start(request)
         final = None
         decode = self.view.needs_previews or s.gif

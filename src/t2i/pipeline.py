@@ -51,7 +51,7 @@ from t2i.models.unet import UNet, UNetConfig
 from t2i.models.vae import VAE, VAEConfig
 from t2i.prompt_syntax import ComposedPrompt, PromptSyntaxError, parse_prompt
 from t2i.text_encoder import TOKENIZER_NAME, TextEncoder
-from t2i.vocabulary import VOCABULARY_NAME
+from t2i.vocabulary import VOCABULARY_NAME, UnseenWord, Vocabulary, unseen_message
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 3.0
@@ -119,6 +119,9 @@ class T2IPipeline:
         self.component_configs: dict[str, dict] = {}
         self.model_index: dict = {}
         self.model_files: dict[str, str] = {}  # small text files kept verbatim (KEPT_FILES)
+        # The words of the training captions (MODEL_DIR/vocabulary.json); None for a model
+        # trained before they were recorded, which then warns about no word.
+        self.vocabulary: Vocabulary | None = None
 
     @classmethod
     def from_pretrained(
@@ -174,6 +177,9 @@ class T2IPipeline:
                 pipe.model_files[name] = inside(model_dir, model_dir / name).read_text(encoding="utf-8")
         pipe.component_configs = {"vae": vae_meta, "clip": read_component_config(
             resolve_component(model_dir, "clip"), "clip"), "unet": meta}
+        vocabulary = model_dir / VOCABULARY_NAME
+        if vocabulary.exists() or vocabulary.is_symlink():  # a symlink out of the model dir is refused
+            pipe.vocabulary = Vocabulary.load(inside(model_dir, vocabulary))
         return pipe.to(device if device is not None else default_device(), precision)
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
@@ -242,6 +248,29 @@ class T2IPipeline:
     # -- the steps ----------------------------------------------------------------------------
 
     @torch.no_grad()
+    def unseen_words(self, prompt: str) -> list[UnseenWord]:
+        """Words of `prompt` the training captions never contained, each with the closest word
+        the model knows; [] for a model without a recorded vocabulary."""
+        return self.vocabulary.unseen(prompt) if self.vocabulary is not None else []
+
+    def prompt_warnings(self, prompt: str, field: str = "prompt") -> list[dict]:
+        """What the user should know about how the model will read `prompt`, as structured
+        warnings (the API returns them as they are; the CLI, live and the page show `message`):
+        {"field", "kind": "unseen_words", "message", "words": [{"word", "suggestion"}]} for
+        words the model never saw (it is likely to ignore them), and {"field", "kind":
+        "truncated", "message"} for a prompt longer than the text encoder's context."""
+        out = []
+        unseen = self.unseen_words(prompt)
+        if unseen:
+            out.append({"field": field, "kind": "unseen_words", "message": unseen_message(unseen),
+                        "words": [u.to_dict() for u in unseen]})
+        tokenizer = self.text_encoder.tokenizer
+        n, context = tokenizer.num_tokens(prompt), tokenizer.context_length
+        if n > context:
+            out.append({"field": field, "kind": "truncated",
+                        "message": f"the prompt is {n - 2} tokens long; the model reads only the first {context - 2}"})
+        return out
+
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Text states once per prompt: (hidden (P,L,D), mask (P,L), pooled (P,E))."""
         return self.text_encoder.encode(prompts)

@@ -29,7 +29,7 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
 # Grammar words carry no picture on their own: a prompt that says "the" or "is" where the
 # captions never did loses nothing, and warning about them would bury the words that matter.
 GRAMMAR_WORDS = frozenset("""
-a an the and or but nor of in on at to by for from as into onto over under near this that these
+a an the and or but not nor of in on at to by for from as into onto over under near this that these
 those is are was were be been being has have had having does do did who whom whose which what
 it its it's i i'd i'm me my we our you your please can could would will shall should may might
 some any very quite rather really also too just so then there here one ones

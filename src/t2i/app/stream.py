@@ -58,11 +58,19 @@ def tile(images: list[Image.Image], cols: int | None = None, gap: int = 2) -> Im
 def truncation_note(pipe: T2IPipeline, prompt: str) -> str | None:
     """A warning when the prompt is longer than the text encoder's context (the encoder then
     reads only the start of it), else None."""
-    tokenizer = pipe.text_encoder.tokenizer
-    n, context = tokenizer.num_tokens(prompt), tokenizer.context_length
-    if n <= context:
-        return None
-    return f"the prompt is {n - 2} tokens long; the model reads only the first {context - 2}"
+    return next((w["message"] for w in pipe.prompt_warnings(prompt) if w["kind"] == "truncated"), None)
+
+
+def request_warnings(pipe: T2IPipeline, request: GenerationRequest) -> list[dict]:
+    """The pipeline's structured warnings for the request's prompt and negative prompt: words
+    the model never saw (named, with the closest known word), prompts longer than it reads."""
+    return (pipe.prompt_warnings(request.prompt, "prompt")
+            + (pipe.prompt_warnings(request.negative_prompt, "negative_prompt") if request.negative_prompt else []))
+
+
+def warning_lines(warnings: list[dict]) -> list[str]:
+    """One line per warning, saying which field it is about when it is not the prompt."""
+    return [(w["message"] if w["field"] == "prompt" else f"negative prompt: {w['message']}") for w in warnings]
 
 
 def stream_generation(

@@ -24,7 +24,7 @@ from t2i.app.compose import (
     compose_prompt,
 )
 from t2i.app.limits import MAX_SEED, GenerationRequest, Limits, RequestError, validate_request
-from t2i.app.stream import stream_generation, truncation_note
+from t2i.app.stream import request_warnings, stream_generation, warning_lines
 from t2i.pipeline import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -133,6 +133,9 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                                    format="png", interactive=False, height=320, elem_id="t2i-preview",
                                    elem_classes="t2i-pixels", buttons=["download"])
                 info = gr.Markdown(label="Status", elem_id="t2i-info")
+                # The API's structured warnings ([{"field", "kind", "message", "words"?}]); the
+                # page shows the same warnings as lines of the status text.
+                warnings = gr.JSON(label="Warnings", visible=False, elem_id="t2i-warnings")
                 gallery = gr.Gallery(label="Results", format="png", columns=4, fit_columns=False, height=260,
                                      object_fit="contain", interactive=False,
                                      elem_id="t2i-gallery", elem_classes="t2i-pixels",
@@ -146,21 +149,26 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
         # The button, Enter in the prompt box and the API share one concurrency group, so
         # `limits.concurrency` bounds the jobs running at once whichever way they arrive.
         shared = dict(concurrency_limit="default", concurrency_id="generate", show_progress="minimal")
-        clicked = run.click(generate, inputs, [preview, gallery, info], api_name="generate", **shared)
-        submitted = prompt.submit(generate, inputs, [preview, gallery, info], api_visibility="private", **shared)
+        outputs = [preview, gallery, info, warnings]
+        clicked = run.click(generate, inputs, outputs, api_name="generate", **shared)
+        submitted = prompt.submit(generate, inputs, outputs, api_visibility="private", **shared)
         stop.click(None, None, None, cancels=[clicked, submitted], api_visibility="private", queue=False)
     return demo
 
 
 def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
-    """(preview, gallery, info) tuples: a preview per shown step, then the results."""
+    """(preview, gallery, info, warnings) tuples: a preview per shown step, then the results.
+    The warnings (words the model never saw, a prompt longer than it reads) come with the first
+    frame, so the user reads them while the image forms."""
     first = True
+    warnings = request_warnings(pipe, request)
+    warned = "".join(f"  \n⚠ {_md(line)}" for line in warning_lines(warnings))
     try:
         for frame in stream_generation(pipe, request):
             if not frame.done:
-                note = f"step {frame.step}/{frame.total} · {frame.elapsed:.1f} s"
+                note = f"step {frame.step}/{frame.total} · {frame.elapsed:.1f} s" + warned
                 # Clear the previous results on the first frame, then leave the gallery alone.
-                yield frame.preview, ([] if first else gr.skip()), note
+                yield frame.preview, ([] if first else gr.skip()), note, (warnings if first else gr.skip())
                 first = False
                 continue
             per_image = frame.elapsed / len(frame.images)
@@ -177,11 +185,7 @@ def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
             composed = parse_prompt(request.prompt)
             if not composed.is_plain:
                 note += f"  \ncomposed prompt, {_md(composed.describe())}"
-            for text in (request.prompt, request.negative_prompt):
-                warning = truncation_note(pipe, text)
-                if warning:
-                    note += f"  \n⚠ {warning}"
-            yield frame.preview, results, note
+            yield frame.preview, results, note + warned, warnings
     except gr.Error:
         raise
     except Exception:
