@@ -238,7 +238,7 @@ def test_bad_requests_get_a_clear_error_not_a_hang(client, app_model, kw, messag
 
 def test_composed_prompts_through_the_api(client):
     composed = "a smiling woman AND wearing eyeglasses AND NOT a hat :0.5"
-    preview, gallery, info = client.predict(**request(composed, steps=2, num_images=2), api_name="/generate")
+    preview, gallery, info, warnings = client.predict(**request(composed, steps=2, num_images=2), api_name="/generate")
     assert len(gallery) == 2
     with Image.open(gallery[0]["image"]) as im:
         assert im.text["prompt"] == composed  # the PNG records the request as typed
