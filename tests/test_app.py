@@ -298,7 +298,7 @@ def test_eight_concurrent_requests_stay_bounded(server, tmp_path):
         c = gradio_client.Client(url, verbose=False, download_files=str(tmp_path / f"c{i}"), analytics_enabled=False)
         t0 = time.perf_counter()
         try:
-            _, gallery, _ = c.submit(**request(f"a photo of person number {i}", steps=20, num_images=2, seed=i),
+            _, gallery, _, _ = c.submit(**request(f"a photo of person number {i}", steps=20, num_images=2, seed=i),
                                      api_name="/generate").result(timeout=300)
             return "done", len(gallery), time.perf_counter() - t0
         except Exception as e:  # the busy refusal arrives as an exception from the client
