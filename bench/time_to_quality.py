@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     loop = loop_config_from_args(cfg.loop, args)
     loop = replace(loop, sample_every=args.every, ckpt_every=loop.steps + 1)
     eval_cfg = EvalConfig(n_prompts=args.eval_prompts, n_per_prompt=2, n_heldout=0, fd_images=args.fd_images,
-                          max_real=args.max_real, clip_images=64, min_per_class=2)
+                          max_real=args.max_real, clip_images=64, min_images_per_class=4, wording_prompts=0)
     vae_dir = resolve_component(model, "vae")
     cache = LatentCache.open(model / "latents", expect_vae_hash=load_vae(vae_dir).fingerprint())
     judge, judge_meta = load_judge(model)

@@ -121,6 +121,23 @@ def test_composed_form_of_a_request():
     assert len(terms) == MAX_TERMS and terms[-1].weight == -1
 
 
+def test_default_suite_requests_rare_attributes_for_48_images_each_way(rows):
+    """Hat, mustache and pale skin are rare in SynthFaces: by default each scored value is
+    asked for often enough that its balanced accuracy rests on >= 48 images."""
+    import math
+
+    train, test = rows
+    cfg = EvalConfig()
+    suite = build_suite(train, test, cfg.n_prompts, cfg.n_heldout, cfg.seed,
+                        min_per_class=math.ceil(cfg.min_images_per_class / cfg.n_per_prompt))
+    asked = suite.requested(suite.group("test"))  # (P, 40)
+    for a in suite.scored:
+        images_yes = int(asked[:, ATTRIBUTE_INDEX[a]].sum()) * cfg.n_per_prompt
+        images_no = int((~asked[:, ATTRIBUTE_INDEX[a]]).sum()) * cfg.n_per_prompt
+        assert min(images_yes, images_no) >= 48, (a, images_yes, images_no)
+    assert {"Wearing_Hat", "Mustache", "Pale_Skin"} <= set(suite.scored)
+
+
 def test_suite_errors_name_the_problem(rows):
     train, test = rows
     with pytest.raises(ValueError, match="test split is empty"):
@@ -337,7 +354,7 @@ class LookupJudge(nn.Module):
 def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_images, tmp_path):
     images, attrs = real_images
     pipe = StandInPipe(images, attrs.numpy() > 0.5)
-    cfg = EvalConfig(n_prompts=4, n_per_prompt=2, n_heldout=2, steps=4, seed=0, batch_size=4, min_per_class=0, sweep=True,
+    cfg = EvalConfig(n_prompts=4, n_per_prompt=2, n_heldout=2, steps=4, seed=0, batch_size=4, min_images_per_class=0, sweep=True,
                      quick=True, sweep_images=4, fd_images=4, sweep_steps=(2, 4), sweep_guidance=(1.0, 3.0),
                      sweep_samplers=("ddim", "dpm++2m"), sampler="dpm++2m")
     logs = []
@@ -397,7 +414,7 @@ def test_eval_reports_plain_vs_composed_prompts(synth_dir, real_images):
     images, attrs = real_images
     rows = attrs.numpy() > 0.5
     cfg = EvalConfig(n_prompts=8, n_per_prompt=2, n_heldout=2, steps=50, seed=0, max_real=96, negate_prob=1.0,
-                     fd_images=8, min_per_class=0)
+                     fd_images=8, min_images_per_class=0)
     reads = evaluate(ComposingStandIn(images, rows), LookupJudge(images, rows), synth_dir, cfg, None,
                      progress=False, log=lambda *_: None)
     ignores = evaluate(ComposingStandIn(images, rows, reads_not=False), LookupJudge(images, rows), synth_dir, cfg,
@@ -421,6 +438,56 @@ def test_eval_reports_plain_vs_composed_prompts(synth_dir, real_images):
     off = evaluate(ComposingStandIn(images, rows), LookupJudge(images, rows), synth_dir,
                    EvalConfig(**{**cfg.__dict__, "composed": False}), None, progress=False, log=lambda *_: None)
     assert off["composed"] is None and composed_table(off) == ""
+
+
+class CanonicalWordsStandIn(StandInPipe):
+    """Reads only the core caption words: an everyday word ("specs", "a beanie") is ignored,
+    as by a model that never saw it."""
+
+    def mentions(self, prompt: str) -> dict[str, bool]:
+        from t2i.data.captions import phrase_spans
+
+        said, text = {}, prompt.lower()
+        for start, end, a, value in phrase_spans(prompt):
+            v = VOCAB[a]
+            if text[start:end] not in v.everyday + v.everyday_adj + v.everyday_neg:
+                said[a] = value
+        return said
+
+
+def test_eval_reports_vocabulary_and_phrasing_suites_with_intervals(synth_dir, real_images):
+    """The same requests in everyday words and in new sentence shapes, each beside the canonical
+    wording with the gap's interval: a generator that reads every word shows no gap, one that
+    knows only the core words shows a vocabulary gap whose interval excludes 0."""
+    from t2i.eval.report import headline_table, wording_table
+
+    images, attrs = real_images
+    rows = attrs.numpy() > 0.5
+    cfg = EvalConfig(n_prompts=12, n_per_prompt=2, n_heldout=0, steps=50, seed=0, max_real=96, fd_images=8,
+                     min_images_per_class=0, wording_prompts=12, composed=False, bootstrap=500)
+    reads = evaluate(StandInPipe(images, rows), LookupJudge(images, rows), synth_dir, cfg, None,
+                     progress=False, log=lambda *_: None)
+    canonical_only = evaluate(CanonicalWordsStandIn(images, rows), LookupJudge(images, rows), synth_dir, cfg,
+                              None, progress=False, log=lambda *_: None)
+    w = reads["wording"]
+    n = min(12, reads["suite"]["info"]["test_prompts"])
+    for name in ("vocabulary", "phrasing"):
+        assert len(w[name]["prompts"]) == n >= 6 and w[name]["variant"]["images"] == 2 * n
+        assert all(p["canonical"] != p["variant"] for p in w[name]["prompts"])
+        gap = w[name]["gap"]["macro_balanced"]
+        assert abs(gap["gap"]) < 0.05 and gap["interval"][0] <= gap["gap"] <= gap["interval"][1]
+    worse = canonical_only["wording"]["vocabulary"]["gap"]["macro_balanced"]
+    assert worse["gap"] > 0.1 and worse["interval"][0] > 0
+    # every faithfulness figure carries its interval, and the tables print them
+    test = reads["faithfulness"]["test"]
+    lo, hi = test["intervals"]["macro_balanced"]
+    assert lo <= test["macro_balanced"] <= hi
+    assert f"[{lo:.3f}, {hi:.3f}]" in headline_table(reads)
+    assert "vocabulary (everyday words)" in wording_table(canonical_only) and "phrasing" in wording_table(reads)
+    off = evaluate(StandInPipe(images, rows), LookupJudge(images, rows), synth_dir,
+                   EvalConfig(**{**cfg.__dict__, "wording_prompts": 0, "bootstrap": 0}), None, progress=False,
+                   log=lambda *_: None)
+    assert off["wording"] is None and "intervals" not in off["faithfulness"]["test"]
 
 
 # ----------------------------------------------------------------------------- the real CLI
@@ -453,6 +520,12 @@ def test_eval_cli_on_a_tiny_model(tiny_model, synth_dir, tmp_path, capsys):
     assert all(isinstance(clip[k], float) for k in ("generated", "real", "real_shuffled"))
     assert isinstance(report["fd"]["vae_reconstruction"], float)
     assert (out / "report.html").is_file()
+    # the vocabulary and phrasing suites ran on the real pipeline, naming the words it never saw
+    for name in ("vocabulary", "phrasing"):
+        suite = report["wording"][name]
+        assert suite["variant"]["images"] == 2 * len(suite["prompts"]) and isinstance(suite["unseen_words"], list)
+    assert "please" not in report["wording"]["phrasing"]["unseen_words"]  # grammar words are not counted
+    assert "phrasing (new sentence shapes)" in text
 
     assert main([*args, "--sampler", "nope"]) == 2
     assert "nope" in capsys.readouterr().err

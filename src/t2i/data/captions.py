@@ -273,7 +273,7 @@ _STANDALONE_NEGATIVE = ("without", "no", "not", "clean-shaven", "beardless", "sm
                         "unsmiling")
 
 
-def _negative_phrase(a: str, rng, share: float = 0.0) -> str:
+def negative_phrase(a: str, rng, share: float = 0.0) -> str:
     """A clause asserting attribute `a` has its non-salient value: "without glasses",
     "no hat", "clean-shaven" stand alone; noun phrases get "with" ("with a closed mouth")."""
     v = VOCAB[a]
@@ -341,7 +341,7 @@ def _assemble(mentions: dict[str, bool], negate: list[str], rng: random.Random |
         rng.shuffle(withs)
         rng.shuffle(wears)
     adjs = described + adjs  # "a bespectacled young man": describing words before age
-    negs = [_negative_phrase(a, rng, everyday) for a in negate]
+    negs = [negative_phrase(a, rng, everyday) for a in negate]
 
     if skeleton == "tags":  # no articles, no "with"/"wearing": "blurry photo, old man, beard, glasses"
         tags = [" ".join(photo) + " photo"] if photo else []

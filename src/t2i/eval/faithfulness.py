@@ -126,3 +126,103 @@ def same_attribute_diversity(features: torch.Tensor, rows: np.ndarray, scored: t
         K = f.shape[0]
         values.append(float(torch.cdist(f, f).sum() / (K * (K - 1))))
     return round(float(np.mean(values)), 4)
+
+
+# ----------------------------------------------------------------------------- intervals
+
+N_BOOTSTRAP = 1000
+
+
+def _prompt_counts(verdicts, requested, scored, group_size: int, negated=None) -> dict[str, np.ndarray]:
+    """Per-prompt sums over its `group_size` consecutive images (prompt-major): the counts
+    every faithfulness figure is a ratio of, so a resample of prompts is a weighted sum."""
+    idx = [ATTRIBUTE_INDEX[a] for a in scored]
+    v = np.asarray(verdicts, dtype=bool)[:, idx]
+    r = np.asarray(requested, dtype=bool)[:, idx]
+    N, k = v.shape
+    if N % group_size:
+        raise ValueError(f"{N} images do not split into prompts of {group_size}")
+    P = N // group_size
+
+    def per_prompt(x: np.ndarray) -> np.ndarray:  # (N, ...) -> (P, ...)
+        return x.reshape(P, group_size, *x.shape[1:]).sum(axis=1).astype(np.float64)
+
+    out = {"tp": per_prompt(v & r), "pos": per_prompt(r), "tn": per_prompt(~v & ~r), "neg": per_prompt(~r),
+           "all": per_prompt((v == r).all(axis=1)), "images": np.full(P, float(group_size))}
+    if negated is not None:
+        full_v, full_r = np.asarray(verdicts, dtype=bool), np.asarray(requested, dtype=bool)
+        denied = np.zeros(N)
+        obeyed = np.zeros(N)
+        for i, names in enumerate(negated):
+            for a in names:
+                j = ATTRIBUTE_INDEX[a]
+                denied[i] += 1
+                obeyed[i] += full_v[i, j] == full_r[i, j]
+        out["denied"], out["obeyed"] = per_prompt(denied), per_prompt(obeyed)
+    return out
+
+
+def _resampled_figures(counts: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each figure for each resample: `weights` (B, P) says how often resample b drew prompt p."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos, neg = weights @ counts["pos"], weights @ counts["neg"]  # (B, k)
+        balanced = ((weights @ counts["tp"]) / pos + (weights @ counts["tn"]) / neg) / 2
+        both = (pos > 0) & (neg > 0)  # as in `faithfulness`: only attributes requested both ways
+        macro = np.where(both, balanced, 0).sum(axis=1) / both.sum(axis=1)
+        figures = {"macro_balanced": macro, "all_correct_rate": (weights @ counts["all"]) / (weights @ counts["images"]),
+                   "per_attribute": np.where(both, balanced, np.nan)}
+        if "denied" in counts:
+            figures["negations_obeyed"] = (weights @ counts["obeyed"]) / (weights @ counts["denied"])
+    return figures
+
+
+def _weights(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot).astype(np.float64)
+
+
+def _interval(samples: np.ndarray) -> list[float] | None:
+    samples = samples[np.isfinite(samples)]
+    if samples.size < 2:
+        return None
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def bootstrap_intervals(verdicts, requested, scored, group_size: int, negated=None,
+                        n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals (Efron & Tibshirani 1993) of the faithfulness figures,
+    resampling prompts (each with all of its `group_size` images, since images of one prompt
+    are not independent), seeded. {"macro_balanced": [lo, hi], "all_correct_rate": [lo, hi],
+    "negations_obeyed": [lo, hi] (with `negated`), "per_attribute": {name: [lo, hi]},
+    "prompts", "resamples"}; None where a figure is undefined in most resamples."""
+    counts = _prompt_counts(verdicts, requested, scored, group_size, negated)
+    P = len(counts["all"])
+    if P < 2:
+        return {"prompts": P, "resamples": 0}
+    figures = _resampled_figures(counts, _weights(P, n_boot, seed))
+    out = {name: _interval(figures[name]) for name in ("macro_balanced", "all_correct_rate", "negations_obeyed")
+           if name in figures}
+    out["per_attribute"] = {a: _interval(figures["per_attribute"][:, j]) for j, a in enumerate(scored)}
+    return out | {"prompts": P, "resamples": n_boot}
+
+
+def bootstrap_gap(verdicts_a, verdicts_b, requested, scored, group_size: int, negated=None,
+                  n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """The same requests rendered two ways (a: reference wording, b: the variant), images in
+    the same prompt-major order: the gap a - b of each headline figure and its 95% paired
+    bootstrap interval (both sets resampled with the same prompts)."""
+    ca = _prompt_counts(verdicts_a, requested, scored, group_size, negated)
+    cb = _prompt_counts(verdicts_b, requested, scored, group_size, negated)
+    P = len(ca["all"])
+    w = _weights(P, n_boot, seed) if P >= 2 else np.ones((1, P))
+    fa, fb = _resampled_figures(ca, w), _resampled_figures(cb, w)
+    whole = np.ones((1, P))
+    pa, pb = _resampled_figures(ca, whole), _resampled_figures(cb, whole)
+    out = {}
+    for name in ("macro_balanced", "all_correct_rate", "negations_obeyed"):
+        if name in fa:
+            gap = float(pa[name][0] - pb[name][0])
+            out[name] = {"gap": None if gap != gap else round(gap, 4),
+                         "interval": _interval(fa[name] - fb[name]) if P >= 2 else None}
+    return out | {"prompts": P, "resamples": n_boot if P >= 2 else 0}

@@ -176,6 +176,18 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
+def fmt_ci(x, interval, digits: int = 3) -> str:
+    """A figure with its 95% interval: "0.966 [0.951, 0.978]"."""
+    if x is None or not interval:
+        return fmt(x, digits)
+    return f"{fmt(x, digits)} [{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
+
+
+def _ci(figures: dict | None, key: str) -> str:
+    figures = figures or {}
+    return fmt_ci(figures.get(key), (figures.get("intervals") or {}).get(key))
+
+
 def eval_headline(report: dict) -> dict:
     """The few numbers worth a line: faithfulness (with the real-image ceiling), FD, CLIP score."""
     f = report["faithfulness"]
@@ -204,13 +216,13 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         return f"{text} (VAE {fmt(vae[key])})" if vae else text
 
     rows = [
-        ("attribute faithfulness (balanced, chance 0.5)", fmt(f["test"]["macro_balanced"]),
+        ("attribute faithfulness (balanced, chance 0.5)", _ci(f["test"], "macro_balanced"),
          ceiling("macro_balanced"), fmt(f["floor_shuffled"]["macro_balanced"])),
-        ("all-attributes-correct rate", fmt(f["test"]["all_correct_rate"]),
+        ("all-attributes-correct rate", _ci(f["test"], "all_correct_rate"),
          ceiling("all_correct_rate"), fmt(f["floor_shuffled"]["all_correct_rate"])),
         ("held-out combinations: balanced / all-correct",
-         f"{fmt(held.get('macro_balanced'))} / {fmt(held.get('all_correct_rate'))}", "", ""),
-        ("explicit negations obeyed", fmt(f["test"].get("negations_obeyed")), "", ""),
+         f"{_ci(held, 'macro_balanced')} / {_ci(held, 'all_correct_rate')}", "", ""),
+        ("explicit negations obeyed", _ci(f["test"], "negations_obeyed"), "", ""),
         ("FD, judge features (not Inception FID)", fmt(fd["generated"], 2),
          f"real/real {fmt(fd['real_vs_real'], 2)}; VAE {fmt(fd['vae_reconstruction'], 2)}",
          f"shuffled prompts {fmt(fd.get('column_shuffled_prompts'), 2)}"),
@@ -268,6 +280,33 @@ def composed_table(report: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+WORDINGS = (("vocabulary", "everyday words"), ("phrasing", "new sentence shapes"))
+
+
+def wording_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
+    """(suite, metric, canonical wording, other wording, gap [95% interval]) rows."""
+    w = report.get("wording") or {}
+    rows = []
+    for key, title in WORDINGS:
+        suite = w.get(key)
+        if not suite:
+            continue
+        for metric, label in (("macro_balanced", "balanced"), ("all_correct_rate", "all-correct")):
+            gap = suite["gap"].get(metric) or {}
+            rows.append((f"{key} ({title})", label, fmt(suite["canonical"][metric]), fmt(suite["variant"][metric]),
+                         fmt_ci(gap.get("gap"), gap.get("interval"))))
+    return rows
+
+
+def wording_table(report: dict) -> str:
+    """The same requests in the canonical caption wording and in the words/shapes people use."""
+    rows = [("suite", "metric", "canonical wording", "other wording", "gap [95% interval]")] + wording_rows(report)
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def sweep_table(report: dict) -> str:
     sweep = report.get("sweep") or []
     if not sweep:
@@ -307,7 +346,8 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
              "<p class='note'>Faithfulness: per attribute, the mean of the judge's hit rate where the prompt asks "
              "for the attribute and its rejection rate where it does not; a model that ignores the text scores 0.5. "
              "The ceiling is the judge on real test images against their own attributes, the floor the same images "
-             "against shuffled captions. FD uses the project's own judge features, so it is <b>not comparable to "
+             "against shuffled captions. Brackets hold 95% bootstrap intervals over prompts. "
+             "FD uses the project's own judge features, so it is <b>not comparable to "
              "Inception FID</b>; compare it with the real-vs-real value at the same sample size.</p>"]
     if "attributes" in plots:
         parts.append(f"<h2>Per attribute</h2><img src='data:image/png;base64,{plots['attributes']}'>")
@@ -316,7 +356,9 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
     for n in names:
         t, c, fl = f["test"]["per_attribute"][n], f["ceiling_real"]["per_attribute"][n], f["floor_shuffled"]["per_attribute"][n]
         h = (f.get("heldout") or {}).get("per_attribute", {}).get(n, {})
-        rows.append((n, fmt(t["balanced"]), fmt(t["hit_rate"]), fmt(t["rejection_rate"]), f"{t['n_pos']}/{t['n_neg']}",
+        interval = ((f["test"].get("intervals") or {}).get("per_attribute") or {}).get(n)
+        rows.append((n, fmt_ci(t["balanced"], interval), fmt(t["hit_rate"]), fmt(t["rejection_rate"]),
+                     f"{t['n_pos']}/{t['n_neg']}",
                      fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
     parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
                                "held-out balanced", "real (ceiling)", "shuffled (floor)")))
@@ -326,6 +368,16 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
         parts.append(f"<p class='note'>The same requests written as one prompt and as composed terms "
                      f"(Liu et al. 2022): {html.escape(report['composed']['form'])}. Example: "
                      f"<code>{html.escape(report['composed']['prompts'][0]['composed'])}</code></p>")
+    if wording_rows(report):
+        parts.append("<h2>The words and sentence shapes people use</h2>")
+        parts.append(_table(wording_rows(report), ("suite", "metric", "canonical wording", "other wording",
+                                                   "gap [95% interval]")))
+        examples = "; ".join(f"<code>{html.escape(report['wording'][k]['prompts'][0]['variant'])}</code>"
+                             for k, _ in WORDINGS if (report["wording"].get(k) or {}).get("prompts"))
+        parts.append("<p class='note'>The same test requests in the canonical caption wording and rewritten: "
+                     "every attribute in everyday words (vocabulary), or the canonical words in sentence shapes the "
+                     f"caption templates never produce (phrasing). Examples: {examples}. The gap is canonical minus "
+                     "other; its interval resamples the prompts of both sets together.</p>")
     if report.get("sweep"):
         parts.append("<h2>Sweep</h2>")
         for key in ("steps", "guidance"):

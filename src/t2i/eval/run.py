@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
+import random
 import time
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +34,8 @@ from t2i.checkpoint import atomic_write_json
 from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
 from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
 from t2i.eval.faithfulness import (
+    bootstrap_gap,
+    bootstrap_intervals,
     faithfulness,
     group_mean_pairwise_distance,
     judge_images,
@@ -53,8 +57,10 @@ from t2i.eval.report import (
     headline_table,
     prompt_grid,
     sweep_table,
+    wording_table,
     write_report,
 )
+from t2i.eval.wording import PHRASINGS, everyday_text, phrased_text
 from t2i.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_prompt
 
 
@@ -70,7 +76,9 @@ class EvalConfig:
     batch_size: int = 64  # images per pipeline call
     max_real: int = 4000  # real test images loaded (ceiling, floor, FD reference)
     negate_prob: float = 0.25  # share of prompts that also deny one absent attribute
-    min_per_class: int = 4  # test rows are added until each scored value is requested this often
+    # Test rows are added until each scored value is requested for this many images (48: a
+    # rare attribute's balanced accuracy then moves by about +-0.05 between seeds, not +-0.1).
+    min_images_per_class: int = 48
     fd_images: int = 256  # FD set: this many test rows drawn at random, one image each
     sweep: bool = False
     quick: bool = False  # sweep without the slow 400-step DDPM setting
@@ -82,6 +90,8 @@ class EvalConfig:
     grid_prompts: int = 12  # prompts per image grid in the HTML report
     clip_images: int = 512  # real images scored for the CLIP ceiling/floor
     composed: bool = True  # held-out and denying prompts again as composed prompts (`a AND NOT b`)
+    wording_prompts: int = 32  # test prompts rewritten in everyday words and in new sentence shapes (0: skip)
+    bootstrap: int = 1000  # resamples of the prompts for each 95% interval (0: no intervals)
 
     def __post_init__(self):
         for name in ("n_per_prompt", "steps", "batch_size", "max_real"):
@@ -99,7 +109,7 @@ class EvalConfig:
 # evaluates at a matching size); explicit flags override them.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_prompts=2, n_per_prompt=2, n_heldout=1, steps=2, max_real=64, sweep_images=4, fd_images=8,
-                 clip_images=16, grid_prompts=2, quick=True, min_per_class=1),
+                 clip_images=16, grid_prompts=2, quick=True, min_images_per_class=2, wording_prompts=2),
     "synth64": {},
     "celeba128": dict(n_prompts=128, n_heldout=64, batch_size=128, max_real=5000, sweep_images=512,
                       fd_images=1024),
@@ -209,7 +219,8 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
     K = cfg.n_per_prompt
     train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real, data_options)
     suite: PromptSuite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed,
-                                     cfg.negate_prob, all_rows=all_rows, min_per_class=cfg.min_per_class)
+                                     cfg.negate_prob, all_rows=all_rows,
+                                     min_per_class=math.ceil(cfg.min_images_per_class / K))
     trained = (judge_meta or {}).get("attributes")
     if trained:  # score only what the judge learned (it may come from another dataset)
         missing = [a for a in suite.scored if a not in trained]
@@ -250,7 +261,9 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         r = rows_of[name]
         if not r:
             return None
-        return faithfulness(main.verdicts[r], requested[r], scored, [negated[i] for i in r])
+        denied = [negated[i] for i in r]
+        return with_intervals(faithfulness(main.verdicts[r], requested[r], scored, denied),
+                              main.verdicts[r], requested[r], scored, K, denied, cfg)
 
     # 3. FD against half of the real test images; the other half gives the real-vs-real floor.
     # The FD set is its own: `fd_images` test rows drawn at random with one image each, like the
@@ -324,6 +337,8 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
                    "images": int(len(main.images)), "batch_size": cfg.batch_size},
         "composed": (compare_composed(pipe, judge, suite, main.verdicts, requested, negated, cfg, progress)
                      if cfg.composed else None),
+        "wording": (compare_wordings(pipe, judge, suite, main.verdicts, requested, negated, cfg, progress)
+                    if cfg.wording_prompts > 0 else None),
         "sweep": (run_sweep(pipe, judge, scored, real_rows[other[: cfg.sweep_images].numpy()],
                             real[other[: cfg.sweep_images]], cfg, meter, progress, log) if cfg.sweep else []),
     }
@@ -370,8 +385,13 @@ def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tens
         plain_rows = [i * K + k for i in ids for k in range(K)]
         composed_rows = [at[i] * K + k for i in ids for k in range(K)]
         denied = [negated[r] for r in plain_rows]
-        return {"plain": faithfulness(plain_verdicts[plain_rows], requested[plain_rows], suite.scored, denied),
-                "composed": faithfulness(verdicts[composed_rows], requested[plain_rows], suite.scored, denied)}
+        pair = (plain_verdicts[plain_rows], verdicts[composed_rows])
+        return {"plain": with_intervals(faithfulness(pair[0], requested[plain_rows], suite.scored, denied),
+                                        pair[0], requested[plain_rows], suite.scored, K, denied, cfg),
+                "composed": with_intervals(faithfulness(pair[1], requested[plain_rows], suite.scored, denied),
+                                           pair[1], requested[plain_rows], suite.scored, K, denied, cfg),
+                "gap": (bootstrap_gap(*pair, requested[plain_rows], suite.scored, K, denied, cfg.bootstrap, cfg.seed)
+                        if cfg.bootstrap else None)}
 
     return {
         "form": "one term per requested attribute (subject kept, hair words together), NOT per explicit denial, "
@@ -382,6 +402,55 @@ def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tens
         "seconds_per_image": seconds / max(1, len(images)),
         "images": int(len(images)),
     }
+
+
+def with_intervals(figures: dict, verdicts, requested, scored, K: int, negated, cfg: EvalConfig) -> dict:
+    """`figures` (from `faithfulness`) with "intervals": 95% bootstrap intervals over prompts."""
+    if cfg.bootstrap > 0:
+        figures["intervals"] = bootstrap_intervals(verdicts, requested, scored, K, negated, cfg.bootstrap, cfg.seed)
+    return figures
+
+
+def compare_wordings(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tensor, requested: np.ndarray,
+                     negated: list[tuple[str, ...]], cfg: EvalConfig, progress: bool) -> dict | None:
+    """The first `cfg.wording_prompts` test prompts generated again in other words: the
+    vocabulary suite (everyday words, canonical frame) and the phrasing suite (canonical words,
+    sentence shapes the caption templates never produce; `t2i.eval.wording`). Each is scored
+    against the same requests as the canonical prompts' images (`plain_verdicts`, from the
+    suite's own run), with the gap canonical - other and its paired 95% bootstrap interval."""
+    K = cfg.n_per_prompt
+    chosen = suite.group("test")[: cfg.wording_prompts]
+    if not chosen:
+        return None
+    rows = [i * K + k for i in chosen for k in range(K)]
+    denied = [negated[r] for r in rows]
+    canonical_verdicts = plain_verdicts[rows]
+    canonical = with_intervals(faithfulness(canonical_verdicts, requested[rows], suite.scored, denied),
+                               canonical_verdicts, requested[rows], suite.scored, K, denied, cfg)
+    rewrite = {
+        "vocabulary": lambda n, p: everyday_text(p.requested, p.negated, suite.scored,
+                                                  random.Random(f"t2i-eval-vocabulary/{cfg.seed}/{n}")),
+        "phrasing": lambda n, p: phrased_text(p.requested, p.negated, suite.scored, PHRASINGS[n % len(PHRASINGS)]),
+    }
+    out = {}
+    for name, write in rewrite.items():
+        texts = [write(n, suite.prompts[i]) for n, i in enumerate(chosen)]
+        images, seconds = generate_images(pipe, texts, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+                                          cfg.batch_size, name, progress)
+        verdicts, _ = judge_images(judge, images)
+        unseen = getattr(pipe, "unseen_words", None)
+        out[name] = {
+            "canonical": canonical,
+            "variant": with_intervals(faithfulness(verdicts, requested[rows], suite.scored, denied),
+                                      verdicts, requested[rows], suite.scored, K, denied, cfg),
+            "gap": bootstrap_gap(canonical_verdicts, verdicts, requested[rows], suite.scored, K, denied,
+                                 max(cfg.bootstrap, 1), cfg.seed),
+            # Words of the rewritten prompts that the model's training captions never contained.
+            "unseen_words": sorted({u.word for t in texts for u in unseen(t)}) if callable(unseen) else None,
+            "prompts": [{"canonical": suite.prompts[i].text, "variant": t} for i, t in zip(chosen, texts)],
+            "seconds_per_image": seconds / max(1, len(images)),
+        }
+    return out
 
 
 def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int, float]]:
@@ -511,6 +580,8 @@ def run(args: argparse.Namespace) -> int:
     print(headline_table(report))
     if report["composed"]:
         print(composed_table(report))
+    if report["wording"]:
+        print(wording_table(report))
     if report["sweep"]:
         print(sweep_table(report))
     print(f"report: {out / 'report.html'}")
