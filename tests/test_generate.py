@@ -35,7 +35,7 @@ def test_runs_never_overwrite_and_image_3_regenerates_from_its_seed(tiny_model, 
         meta = json.loads(im.text["t2i"])
     assert meta["seed"] == 43 and meta["index"] == 3
 
-    # The seed in its metadata alone gives the same pixels, in a new run folder.
+    # Its metadata's seed alone gives the same pixels, in a new run folder.
     assert generate(tiny_model, out, "a smiling man", "-n", "1", "--seed", str(meta["seed"]),
                     "--sampler", "euler-a") == 0
     assert sorted(p.name for p in out.iterdir()) == ["0001", "0002"]

@@ -48,8 +48,8 @@ class Limits:
     max_images: int = 4
     max_prompt_chars: int = 500
     max_guidance: float = 20.0
-    concurrency: int = 1  # jobs running at once (gradio's default_concurrency_limit)
-    queue_size: int = 8  # jobs waiting; more are refused as busy (gradio's queue max_size)
+    concurrency: int = 1  # jobs running at once (t2i.app.admission)
+    queue_size: int = 8  # jobs waiting; more are refused at once as busy
 
     def __post_init__(self):
         for name, lo, hi in (("max_steps", 1, MAX_STEPS), ("max_images", 1, MAX_IMAGES_PER_CALL),

@@ -21,6 +21,10 @@ from pathlib import Path
 from t2i.app.limits import Limits
 from t2i.checkpoint import read_model_index
 
+# Requests gradio may hold beyond the admitted jobs while the handler decides on them; only a
+# flood of simultaneous requests reaches gradio's own "queue full" answer.
+QUEUE_BACKSTOP = 32
+
 ENV_DEFAULTS = {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -53,8 +57,13 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, device: str 
     limits = limits or Limits()
     pipe = T2IPipeline.from_pretrained(model_dir, device=device)
     demo = build_demo(pipe, limits, attributes=model_attributes(model_dir))
-    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    # The generate handler admits `concurrency` running + `queue_size` waiting jobs itself
+    # (t2i.app.admission); gradio's queue only holds requests for the moment before the
+    # handler admits or refuses them, and a waiting job holds a worker thread.
+    capacity = limits.concurrency + limits.queue_size
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=capacity + QUEUE_BACKSTOP)
     kwargs = launch_kwargs() | dict(
+        max_threads=max(40, capacity + QUEUE_BACKSTOP),
         show_error=False,  # unexpected exceptions stay in the server log; gr.Error messages still show
         max_file_size="1mb",  # there is no upload input; refuse large bodies to the upload route anyway
         enable_monitoring=False,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from t2i.app.admission import Admission, Busy
 from t2i.app.compose import (
     AGE_CHOICES,
     NEGATABLE_ATTRIBUTES,
@@ -78,6 +79,7 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
     present_names = [a for a in PRESENT_ATTRIBUTES if attributes is None or a in attributes]
     negatable_names = [a for a in NEGATABLE_ATTRIBUTES if a in present_names]
     model_note = f"model `{pipe.model_id}` · {pipe.image_size}×{pipe.image_size} px · {pipe.device.type}"
+    admission = Admission(limits.concurrency, limits.queue_size)
 
     def generate(prompt, negative_prompt, steps, guidance, sampler, seed, random_seed, num_images) -> Iterator:
         try:
@@ -85,7 +87,11 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                                        bool(random_seed), num_images)
         except RequestError as e:
             raise gr.Error(_safe(str(e)), title="Invalid request", print_exception=False) from None
-        yield from _frames(pipe, request)
+        try:
+            with admission.admit():  # refuses at once when `limits` jobs run and wait already
+                yield from _frames(pipe, request)
+        except Busy as e:  # an error event: it ends a client's streaming loop, unlike "queue full"
+            raise gr.Error(_safe(str(e)), title="Busy", print_exception=False) from None
 
     def compose(sex, age, present, absent):
         try:
@@ -146,9 +152,10 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
         gr.on([box.change for box in (sex, age, present, absent)], compose, [sex, age, present, absent], prompt,
               queue=False, show_progress="hidden", trigger_mode="always_last", api_name="compose_prompt")
         inputs = [prompt, negative, steps, guidance, sampler, seed, random_seed, num_images]
-        # The button, Enter in the prompt box and the API share one concurrency group, so
-        # `limits.concurrency` bounds the jobs running at once whichever way they arrive.
-        shared = dict(concurrency_limit="default", concurrency_id="generate", show_progress="minimal")
+        # The button, Enter in the prompt box and the API share one handler, whose admission
+        # gate bounds the jobs running and waiting whichever way they arrive; gradio starts
+        # every request at once so that a refusal is immediate.
+        shared = dict(concurrency_limit=None, concurrency_id="generate", show_progress="minimal")
         outputs = [preview, gallery, info, warnings]
         clicked = run.click(generate, inputs, outputs, api_name="generate", **shared)
         submitted = prompt.submit(generate, inputs, outputs, api_visibility="private", **shared)
