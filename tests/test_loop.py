@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from t2i.checkpoint import list_checkpoints
+from t2i.checkpoint import list_checkpoints, load_tensors
 from t2i.train.loop import (
     LoopConfig,
     Stage,
@@ -126,6 +126,27 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     with open(ckpts[-1] / "state.safetensors", "r+b") as f:
         f.truncate(100)
     with pytest.warns(UserWarning, match="step_0000006 is unreadable"):
+        metrics = train(ToyStage(), ToyData(), cfg(), tmp_path)
+    assert metrics["resumed_from"] == 4
+
+
+def test_modified_latest_checkpoint_fails_its_hash_and_falls_back(tmp_path):
+    """A same-size change to the tensor bytes still parses as safetensors; only the SHA-256
+    recorded in state.json catches it, and the previous checkpoint is used."""
+    with pytest.raises(TrainingInterrupted):
+        train(ToyStage(signal_at=5), ToyData(), cfg(), tmp_path)
+    latest = list_checkpoints(tmp_path / "checkpoints" / "toy")[-1]
+    assert latest.name == "step_0000006"
+    tensor_file = latest / "state.safetensors"
+    size = tensor_file.stat().st_size
+    with open(tensor_file, "r+b") as f:  # flip every bit of the last byte: tensor data, not header
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
+    assert tensor_file.stat().st_size == size
+    load_tensors(tensor_file)  # still a valid safetensors file
+    with pytest.warns(UserWarning, match="step_0000006 is unreadable.*does not match its recorded SHA-256"):
         metrics = train(ToyStage(), ToyData(), cfg(), tmp_path)
     assert metrics["resumed_from"] == 4
 
