@@ -204,7 +204,7 @@ def _rewrite_attr(root: Path, fn) -> None:
     (lambda ls: ls[:3] + [ls[3].replace("-1", "2", 1)] + ls[4:], r"list_attr_celeba.txt:4: attribute value '2'"),
     (lambda ls: ["13"] + ls[1:], r"list_attr_celeba.txt:1: header says 13 images but 12"),
     (lambda ls: ["many"] + ls[1:], r"list_attr_celeba.txt:1: expected the image count"),
-    (lambda ls: ls[:2] + ["../" + ls[2]] + ls[3:], r"list_attr_celeba.txt: image name '../000001.jpg' must be a plain"),
+    (lambda ls: ls[:3] + ["../" + ls[3]] + ls[4:], r"list_attr_celeba.txt:4: image name '../000002.jpg' must be a plain"),
 ])
 def test_bad_attribute_files(synth_dir, tmp_path, mutate, match):
     root = make_official(synth_dir, tmp_path / "bad", quirks=False)

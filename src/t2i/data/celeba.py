@@ -68,6 +68,13 @@ def _parse_values(values: list[str], path: Path, lineno: int) -> list[float]:
     return out
 
 
+def _image_name(name: str, path: Path, lineno: int) -> str:
+    """A listed image must be a plain file name in the image folder (no folders, no '..')."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"{path}:{lineno}: image name {name!r} must be a plain file name inside the image folder")
+    return name
+
+
 def read_attr_txt(path: Path) -> tuple[list[str], np.ndarray]:
     """Official `list_attr_celeba.txt`: count, names, then `file v1 ... v40` rows."""
     lines = read_lines(path)
@@ -86,7 +93,7 @@ def read_attr_txt(path: Path) -> tuple[list[str], np.ndarray]:
         if len(parts) != NUM_ATTRIBUTES + 1:
             raise ValueError(f"{path}:{lineno}: expected a file name and {NUM_ATTRIBUTES} values, "
                              f"got {len(parts) - 1} value(s)")
-        ids.append(parts[0])
+        ids.append(_image_name(parts[0], path, lineno))
         rows.append(_parse_values(parts[1:], path, lineno))
     if len(ids) != count:
         raise ValueError(f"{path}:1: header says {count} images but {len(ids)} rows follow")
@@ -110,7 +117,7 @@ def read_attr_csv(path: Path) -> tuple[list[str], np.ndarray]:
         if len(parts) != NUM_ATTRIBUTES + 1:
             raise ValueError(f"{path}:{lineno}: expected an image_id and {NUM_ATTRIBUTES} values, "
                              f"got {len(parts) - 1} value(s)")
-        ids.append(parts[0])
+        ids.append(_image_name(parts[0], path, lineno))
         rows.append(_parse_values(parts[1:], path, lineno))
     return ids, _reorder(rows, order)
 
@@ -192,9 +199,8 @@ def read_annotations(root, options: DataOptions | None = None) -> Annotations:
         image_dir = base / "img_align_celeba"
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{base}: image directory not found: {image_dir}")
-    for i in ids:  # plain file names only (cheap check: CelebA lists 200k of them)
-        if "/" in i or "\\" in i or i in (".", ".."):
-            raise ValueError(f"{attr_file}: image name {i!r} must be a plain file name inside {image_dir}")
+    if not ids:
+        raise ValueError(f"{attr_file}: no images listed")
     files = [attr_file]
     if part_path.is_file():
         parts = read_partition(part_path, csv)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from t2i.models.batch_norm import GlobalBatchNorm
 from t2i.models.layers import Downsample, ResBlock, TransformerBlock, group_norm
 
 
@@ -183,7 +184,7 @@ class ImageEncoder(nn.Module):
         self.norm = group_norm(ch, c.image_norm_groups)
         self.pool_max = c.image_pool_max
         pooled = 2 * ch if c.image_pool_max else ch
-        self.pool_norm = nn.BatchNorm1d(pooled) if c.image_pool_norm else nn.Identity()
+        self.pool_norm = GlobalBatchNorm(pooled) if c.image_pool_norm else nn.Identity()  # (B, pooled)
         self.projection = nn.Linear(pooled, c.embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

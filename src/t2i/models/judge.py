@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i.attributes import NUM_ATTRIBUTES
+from t2i.models.batch_norm import GlobalBatchNorm
 
 
 @dataclass
@@ -58,7 +59,7 @@ class JudgeConfig:
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     # Padding 1 keeps 3x3 convs "same" and makes the 4x4 stride-2 stem halve exactly.
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+                         GlobalBatchNorm(c_out), nn.ReLU(inplace=True))  # global-batch statistics under DDP
 
 
 class Judge(nn.Module):

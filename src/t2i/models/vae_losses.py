@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -110,8 +111,15 @@ def adaptive_weight(
     """lambda = ||grad_L(rec)|| / (||grad_L(gan)|| + eps), clamped to [0, max] and detached,
     with L the decoder's last layer (Esser et al. 2021, eq. 7). Balances the two gradients
     where they meet the image, so the GAN can neither swamp nor vanish beside the
-    reconstruction term."""
+    reconstruction term.
+
+    With several processes the two gradients are averaged over them first, so lambda is that of
+    the global batch (the same as one process holding it all), not each process's own."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        both = torch.stack([rec_grad, g_grad])  # (2, *last_layer.shape)
+        dist.all_reduce(both)  # each process's losses are means over its slice: average them
+        rec_grad, g_grad = both / dist.get_world_size()
     weight = rec_grad.norm() / (g_grad.norm() + eps)
     return weight.clamp(0.0, max_weight).detach()
