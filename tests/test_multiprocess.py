@@ -104,3 +104,21 @@ def test_two_processes_step_with_the_gradients_of_one(tiny_model, synth_dir, tmp
             if worst > TOLERANCE:
                 failures.append(f"{label} optimizer {k}: parameter {key} off by {worst:.3g} of its largest gradient")
     assert not failures, "2 processes differ from 1:\n" + "\n".join(failures)
+
+
+def test_global_batch_norm_is_plain_batch_norm_in_one_process():
+    """Same numbers, buffers and checkpoint keys as nn.BatchNorm1d/2d when there is one process."""
+    from t2i.models.batch_norm import GlobalBatchNorm
+
+    torch.manual_seed(0)
+    for plain, x in ((torch.nn.BatchNorm1d(6), torch.randn(5, 6)), (torch.nn.BatchNorm2d(6), torch.randn(5, 6, 4, 4))):
+        plain.weight.data.uniform_(0.5, 1.5)
+        ours = GlobalBatchNorm(6)
+        ours.load_state_dict(plain.state_dict())
+        assert ours.state_dict().keys() == plain.state_dict().keys()
+        for train in (True, False):
+            plain.train(train), ours.train(train)
+            assert torch.equal(ours(x), plain(x))
+        assert torch.equal(ours.running_var, plain.running_var)
+    with pytest.raises(ValueError, match="expects \\(B, C, ...\\) input"):
+        GlobalBatchNorm(6)(torch.randn(6))
