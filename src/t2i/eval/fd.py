@@ -1,12 +1,14 @@
-"""Fréchet distance (FD) between judge features of two image sets.
+"""Fréchet distance (FD) between the features of two image sets (judge or CLIP features).
 
 FD = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)) between Gaussians fitted to the
 features (Heusel et al. 2017, "GANs trained by a two time-scale update rule"). FID uses
 Inception-v3 features; those weights cannot be downloaded here, so this uses the penultimate
 features of the project's own judge, through torchmetrics' `FrechetInceptionDistance` with a
-custom feature module. The numbers are therefore NOT comparable to published FIDs, only to
-each other (same judge, same number of images: FD is biased upwards at small sample sizes,
-which is why the report always shows the real-vs-real value at the same size beside it).
+custom feature module (`JudgeFeatures` here; the project CLIP's image tower, for datasets
+without attribute labels, in `t2i.eval.clip_metrics`). The numbers are therefore NOT
+comparable to published FIDs, only to each other (same feature network, same number of
+images: FD is biased upwards at small sample sizes, which is why the report always shows the
+real-vs-real value at the same size beside it).
 """
 
 from __future__ import annotations
@@ -38,19 +40,22 @@ class JudgeFeatures(nn.Module):
 class FDMeter:
     """Real-image statistics computed once; `fd(images)` for each generated set.
 
-        meter = FDMeter(judge, real_test_images)
+        meter = FDMeter(judge, real_test_images)      # judge features
+        meter = FDMeter(features, real_test_images)   # any module with `num_features`
         meter.fd(generated_images)   # -> float
     """
 
-    def __init__(self, judge: Judge, real_images: torch.Tensor, batch_size: int = 256):
+    def __init__(self, features: Judge | nn.Module, real_images: torch.Tensor, batch_size: int = 256):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if real_images.shape[0] < 2:
             raise ValueError(f"FD needs at least 2 real images, got {real_images.shape[0]}")
+        if hasattr(features, "predict"):  # a judge: its penultimate features
+            features = JudgeFeatures(features)
         self.batch_size = batch_size
-        self.device = judge.head.weight.device
+        self.device = next(features.parameters()).device
         self.metric = FrechetInceptionDistance(
-            feature=JudgeFeatures(judge), reset_real_features=False, normalize=False
+            feature=features, reset_real_features=False, normalize=False
         ).to(self.device)
         self.n_real = int(real_images.shape[0])
         self._update(real_images, real=True)

@@ -189,24 +189,61 @@ def _ci(figures: dict | None, key: str) -> str:
 
 
 def eval_headline(report: dict) -> dict:
-    """The few numbers worth a line: faithfulness (with the real-image ceiling), FD, CLIP score."""
-    f = report["faithfulness"]
+    """The few numbers worth a line: faithfulness (with the real-image ceiling), R-precision,
+    FD, CLIP score. Without attribute labels, the faithfulness entries are None."""
+    f = report.get("faithfulness") or {}
+    test, held = f.get("test") or {}, f.get("heldout") or {}
+    ceiling, floor = f.get("ceiling_real") or {}, f.get("floor_shuffled") or {}
+    rprec = report.get("r_precision") or {}
     return {
         "sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
         "guidance": report["settings"]["guidance"],
-        "faithfulness_balanced": f["test"]["macro_balanced"], "all_correct": f["test"]["all_correct_rate"],
-        "heldout_balanced": (f["heldout"] or {}).get("macro_balanced"),
-        "heldout_all_correct": (f["heldout"] or {}).get("all_correct_rate"),
-        "real_ceiling_balanced": f["ceiling_real"]["macro_balanced"],
-        "real_ceiling_all_correct": f["ceiling_real"]["all_correct_rate"],
-        "shuffled_floor_balanced": f["floor_shuffled"]["macro_balanced"],
-        "fd_judge": report["fd"]["generated"], "fd_vae_floor": report["fd"]["vae_reconstruction"],
+        "faithfulness_balanced": test.get("macro_balanced"), "all_correct": test.get("all_correct_rate"),
+        "heldout_balanced": held.get("macro_balanced"),
+        "heldout_all_correct": held.get("all_correct_rate"),
+        "real_ceiling_balanced": ceiling.get("macro_balanced"),
+        "real_ceiling_all_correct": ceiling.get("all_correct_rate"),
+        "shuffled_floor_balanced": floor.get("macro_balanced"),
+        "r_precision": (rprec.get("generated") or {}).get("r_precision"),
+        "r_precision_real": (rprec.get("real") or {}).get("r_precision"),
+        "r_precision_chance": rprec.get("chance"),
+        "fd_judge": report["fd"]["generated"] if f else None,
+        "fd_clip": report["fd"]["generated"] if not f else None,
+        "fd_vae_floor": report["fd"]["vae_reconstruction"],
         "clip_score": (report["clip_score"] or {}).get("generated"),
         "seconds_per_image": report["timing"]["seconds_per_image"],
     }
 
 
+def _r_precision_row(report: dict) -> tuple[str, str, str, str] | None:
+    rp = report.get("r_precision")
+    if not rp:
+        return None
+    gen = (rp.get("generated") or {}).get("r_precision")
+    return (f"R-precision (project CLIP, own prompt among {rp['real']['distractors'] + 1}; chance {fmt(rp['chance'])})",
+            fmt(gen), fmt(rp["real"]["r_precision"]), f"shuffled captions {fmt(rp['real_shuffled']['r_precision'])}")
+
+
+def caption_headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """Headline rows of a caption-only report (no attribute labels, no judge)."""
+    fd, clip, div = report["fd"], report.get("clip_score") or {}, report["diversity"]
+    rows = [
+        _r_precision_row(report),
+        ("CLIP score (project CLIP)", fmt(clip.get("generated"), 2), fmt(clip.get("real"), 2),
+         f"shuffled captions {fmt(clip.get('real_shuffled'), 2)}"),
+        ("FD, project CLIP features (not Inception FID)", fmt(fd["generated"], 2),
+         f"real/real {fmt(fd['real_vs_real'], 2)}; VAE {fmt(fd['vae_reconstruction'], 2)}",
+         f"phrase-shuffled prompts {fmt(fd.get('phrase_shuffled_prompts'), 2)}"),
+        ("diversity (mean pairwise CLIP feature dist.)", fmt(div.get("generated")),
+         f"distinct real images {fmt(div.get('real_distinct_images'))}", ""),
+        ("seconds per image", fmt(report["timing"]["seconds_per_image"], 4), "", ""),
+    ]
+    return [r for r in rows if r is not None]
+
+
 def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    if not report.get("faithfulness"):
+        return caption_headline_rows(report)
     f, fd, clip, div = report["faithfulness"], report["fd"], report.get("clip_score") or {}, report["diversity"]
     held = f.get("heldout") or {}
     vae = f.get("ceiling_vae") or {}
@@ -223,6 +260,7 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         ("held-out combinations: balanced / all-correct",
          f"{_ci(held, 'macro_balanced')} / {_ci(held, 'all_correct_rate')}", "", ""),
         ("explicit negations obeyed", _ci(f["test"], "negations_obeyed"), "", ""),
+        _r_precision_row(report),
         ("FD, judge features (not Inception FID)", fmt(fd["generated"], 2),
          f"real/real {fmt(fd['real_vs_real'], 2)}; VAE {fmt(fd['vae_reconstruction'], 2)}",
          f"shuffled prompts {fmt(fd.get('column_shuffled_prompts'), 2)}"),
@@ -232,7 +270,7 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
          fmt(div.get("real_same_attributes")), ""),
         ("seconds per image", fmt(report["timing"]["seconds_per_image"], 4), "", ""),
     ]
-    return rows
+    return [r for r in rows if r is not None]
 
 
 def headline_table(report: dict) -> str:
@@ -246,8 +284,11 @@ def headline_table(report: dict) -> str:
     s = report["settings"]
     title = (f"t2i eval: {report['model_id']} | {s['sampler']}, {s['steps']} steps, guidance {s['guidance']} | "
              f"{report['suite']['info']['test_prompts']} test + {report['suite']['info']['heldout_prompts']} "
-             f"held-out prompts x {s['n_per_prompt']} images | judge test accuracy "
-             f"{fmt(report['judge'].get('test_mean_balanced_accuracy'))}")
+             f"held-out prompts x {s['n_per_prompt']} images | ")
+    if report.get("faithfulness"):
+        title += f"judge test accuracy {fmt(report['judge'].get('test_mean_balanced_accuracy'))}"
+    else:
+        title += "no attribute labels: measured with the model's own CLIP"
     return title + "\n" + "\n".join(lines)
 
 
@@ -342,26 +383,47 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
              f"sampler {html.escape(s['sampler'])}, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}, "
              f"device {html.escape(report['device'])}, {html.escape(report['created'])}.</p>",
              "<h2>Headline</h2>",
-             _table(headline_rows(report), ("metric", "generated", "real (ceiling/ref)", "floor / control")),
-             "<p class='note'>Faithfulness: per attribute, the mean of the judge's hit rate where the prompt asks "
-             "for the attribute and its rejection rate where it does not; a model that ignores the text scores 0.5. "
-             "The ceiling is the judge on real test images against their own attributes, the floor the same images "
-             "against shuffled captions. Brackets hold 95% bootstrap intervals over prompts. "
-             "FD uses the project's own judge features, so it is <b>not comparable to "
-             "Inception FID</b>; compare it with the real-vs-real value at the same sample size.</p>"]
-    if "attributes" in plots:
-        parts.append(f"<h2>Per attribute</h2><img src='data:image/png;base64,{plots['attributes']}'>")
-    names = list(f["test"]["per_attribute"])
-    rows = []
-    for n in names:
-        t, c, fl = f["test"]["per_attribute"][n], f["ceiling_real"]["per_attribute"][n], f["floor_shuffled"]["per_attribute"][n]
-        h = (f.get("heldout") or {}).get("per_attribute", {}).get(n, {})
-        interval = ((f["test"].get("intervals") or {}).get("per_attribute") or {}).get(n)
-        rows.append((n, fmt_ci(t["balanced"], interval), fmt(t["hit_rate"]), fmt(t["rejection_rate"]),
-                     f"{t['n_pos']}/{t['n_neg']}",
-                     fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
-    parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
-                               "held-out balanced", "real (ceiling)", "shuffled (floor)")))
+             _table(headline_rows(report), ("metric", "generated", "real (ceiling/ref)", "floor / control"))]
+    if f:
+        parts.append(
+            "<p class='note'>Measured with the project's attribute judge and CLIP. Faithfulness: per attribute, the "
+            "mean of the judge's hit rate where the prompt asks for the attribute and its rejection rate where it does "
+            "not; a model that ignores the text scores 0.5. The ceiling is the judge on real test images against their "
+            "own attributes, the floor the same images against shuffled captions. Brackets hold 95% bootstrap "
+            "intervals over prompts. FD uses the project's own judge "
+            "features, so it is <b>not comparable to Inception FID</b>; compare it with the real-vs-real value at the "
+            "same sample size.</p>")
+    else:
+        parts.append(
+            "<p class='note'>The data has no attribute labels, so there is no judge: every number here is measured "
+            "with <b>the model's own CLIP</b> (trained on this data), and is only as good as that CLIP can see; the "
+            "real-image column says how much that is.</p>")
+    if report.get("r_precision"):
+        rp = report["r_precision"]
+        parts.append(
+            f"<p class='note'>R-precision (AttnGAN, Xu et al. 2018): for each image, its own prompt is ranked "
+            f"against {rp['real']['distractors']} other test captions by the CLIP's image-text similarity; the "
+            f"score is the share ranked first (chance {fmt(rp['chance'])}). Ceiling: real test images with their "
+            f"own captions; floor: the same images with shuffled captions.</p>")
+    if not f:
+        parts.append(
+            "<p class='note'>FD here uses the CLIP's image embedding, <b>not Inception FID</b>. The phrase-shuffled "
+            "control generates from test captions whose phrases were swapped between captions: a model that reads "
+            "the text draws a different set of pictures and FD rises.</p>")
+    else:
+        if "attributes" in plots:
+            parts.append(f"<h2>Per attribute</h2><img src='data:image/png;base64,{plots['attributes']}'>")
+        names = list(f["test"]["per_attribute"])
+        rows = []
+        for n in names:
+            t, c = f["test"]["per_attribute"][n], f["ceiling_real"]["per_attribute"][n]
+            fl = f["floor_shuffled"]["per_attribute"][n]
+            h = (f.get("heldout") or {}).get("per_attribute", {}).get(n, {})
+            interval = ((f["test"].get("intervals") or {}).get("per_attribute") or {}).get(n)
+            rows.append((n, fmt_ci(t["balanced"], interval), fmt(t["hit_rate"]), fmt(t["rejection_rate"]),
+                         f"{t['n_pos']}/{t['n_neg']}", fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
+        parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
+                                   "held-out balanced", "real (ceiling)", "shuffled (floor)")))
     if composed_rows(report):
         parts.append("<h2>Plain vs composed prompts</h2>")
         parts.append(_table(composed_rows(report), ("prompts", "metric", "plain prompt", "composed")))
@@ -401,7 +463,7 @@ def write_report(report: dict, out_dir: str | Path, grids: dict[str, Image.Image
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = sweep_plots(report)
-    attr = attribute_plot(report)
+    attr = attribute_plot(report) if report.get("faithfulness") else None
     if attr:
         plots["attributes"] = attr
     paths = {"json": out_dir / "report.json", "html": out_dir / "report.html"}

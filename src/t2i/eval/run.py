@@ -6,8 +6,10 @@ Metrics (definitions and chance levels in docs/eval.md): per-attribute balanced 
 judged by the project's attribute classifier, the all-attributes-correct rate, held-out
 attribute combinations (and, with the prompts that deny an attribute, the same requests
 written as composed prompts: `a AND b AND NOT c`), FD on judge features (with real-vs-real, VAE-reconstruction and
-shuffled-prompt references), CLIP score with the project's CLIP, and diversity. Everything is
-computed beside its ceiling and floor on real test images, so a number can be read alone.
+shuffled-prompt references), CLIP score and R-precision with the project's CLIP, and
+diversity. Everything is computed beside its ceiling and floor on real test images, so a
+number can be read alone. A dataset without attribute labels gets the caption metrics of
+`t2i.eval.caption_eval` (R-precision, CLIP score, FD on CLIP features, diversity) instead.
 
 `evaluate(pipe, judge, data, cfg)` takes any object with the pipeline's call signature
 (`pipe(prompts, num_images=, steps=, guidance=, sampler=, seed=, output_type="pt")`,
@@ -33,6 +35,8 @@ import torch
 from t2i.checkpoint import atomic_write_json
 from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
 from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
+from t2i.eval.caption_eval import evaluate_captions
+from t2i.eval.clip_metrics import r_precision_scores
 from t2i.eval.faithfulness import (
     bootstrap_gap,
     bootstrap_intervals,
@@ -301,7 +305,9 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
     fd["column_shuffled_prompts"] = meter.fd(mixed_images)
 
     # 4. CLIP score with the project's CLIP, against real images with their own / shuffled captions.
-    clip = None
+    # R-precision with the same CLIP beside it: each image's prompt against 99 captions of other
+    # test rows, worded like the suite's prompts (caption_rows), so wording cannot give it away.
+    clip = rprec = None
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is not None and hasattr(text_encoder, "score"):
         texts = [suite.prompts[i].text for i in test_idx for _ in range(K)]
@@ -311,6 +317,8 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
             "real": float(text_encoder.score(real[:n_clip], caption_rows(real_rows[:n_clip], scored)).mean()),
             "real_shuffled": float(text_encoder.score(real[:n_clip], caption_rows(shuffled[:n_clip], scored)).mean()),
         }
+        rprec = r_precision_scores(text_encoder, gen_test, texts, real[:n_clip],
+                                   caption_rows(real_rows[:n_clip], scored), cfg.seed)
 
     # 5. Diversity within a prompt, and among real images sharing all scored attributes.
     diversity = {
@@ -330,6 +338,7 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         "faithfulness": {"test": score("test"), "heldout": score("heldout"), "all": faithfulness(
             main.verdicts, requested, scored, negated), "ceiling_real": ceiling, "ceiling_vae": vae_ceiling,
             "floor_shuffled": floor},
+        "r_precision": rprec,
         "fd": fd,
         "clip_score": clip,
         "diversity": diversity,
@@ -507,11 +516,20 @@ def run_sweep(pipe, judge, scored: tuple[str, ...], rows: np.ndarray, real: torc
 # ----------------------------------------------------------------------------- CLI
 
 
+def dataset_has_attributes(data: str | Path) -> bool:
+    """Whether the dataset labels its images with attributes (CelebA's columns, or attribute
+    fields in an imagefolder's metadata): then the judge measures faithfulness."""
+    from t2i.data.celeba import read_annotations
+
+    return bool(read_annotations(data).has_attributes)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = EvalConfig()
     parser.add_argument("--model", required=True, help="model directory (vae/, clip/, unet/, tokenizer.json)")
     parser.add_argument("--judge", help="judge (model dir or judge dir); default MODEL/judge")
-    parser.add_argument("--data", required=True, help="dataset directory with attributes and a test split")
+    parser.add_argument("--data", required=True,
+                        help="dataset directory with a test split; without attribute labels, caption metrics only")
     parser.add_argument("--out", help="report directory; default MODEL/eval")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="synth64",
                         help="sizes of the evaluation (flags below override them)")
@@ -567,13 +585,26 @@ def run(args: argparse.Namespace) -> int:
     model = Path(args.model)
     pipe = T2IPipeline.from_pretrained(model, device=args.device)
     pipe.model_dir = model
+    out = Path(args.out) if args.out else model / "eval"
+    if not dataset_has_attributes(args.data, recipe["data"]):
+        # Nothing for a judge to check: measure with the model's own CLIP instead.
+        if args.judge:
+            print(f"[eval] --judge {args.judge} not used: {args.data} has no attribute labels")
+        if cfg.sweep:
+            print("[eval] --sweep scores attribute faithfulness with the judge; skipped without attribute labels")
+            cfg = replace(cfg, sweep=False)
+        atomic_write_json(out / "recipe.json", recipe_to_dict(recipe))
+        report = evaluate_captions(pipe, args.data, cfg, out, progress=not args.no_progress,
+                                   data_options=recipe["data"])
+        print(headline_table(report))
+        print(f"report: {out / 'report.html'}")
+        return 0
     judge_path = Path(args.judge) if args.judge else model
     judge, meta = load_judge(judge_path, device=pipe.device)
     judge_meta = {"path": str(resolve_component(judge_path, "judge")), "attributes": meta.get("attributes")}
     metrics_path = Path(judge_meta["path"]) / "metrics.json"
     if metrics_path.is_file():
         judge_meta.update(json.loads(metrics_path.read_text()))
-    out = Path(args.out) if args.out else model / "eval"
     atomic_write_json(out / "recipe.json", recipe_to_dict(recipe))
     report = evaluate(pipe, judge, args.data, cfg, out, judge_meta=judge_meta, progress=not args.no_progress,
                       data_options=recipe["data"])
