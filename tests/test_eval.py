@@ -519,6 +519,10 @@ def test_eval_cli_on_a_tiny_model(tiny_model, synth_dir, tmp_path, capsys):
     clip = report["clip_score"]  # the project's CLIP, through the pipeline's text encoder
     assert all(isinstance(clip[k], float) for k in ("generated", "real", "real_shuffled"))
     assert isinstance(report["fd"]["vae_reconstruction"], float)
+    # R-precision beside the judge metrics, with the same CLIP and its real-image ceiling/floor.
+    rp = report["r_precision"]
+    assert "R-precision" in text and rp["generated"]["images"] == report["faithfulness"]["test"]["images"]
+    assert all(0 <= rp[k]["r_precision"] <= 1 for k in ("generated", "real", "real_shuffled"))
     assert (out / "report.html").is_file()
     # the vocabulary and phrasing suites ran on the real pipeline, naming the words it never saw
     for name in ("vocabulary", "phrasing"):

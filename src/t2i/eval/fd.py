@@ -41,7 +41,7 @@ class FDMeter:
     """Real-image statistics computed once; `fd(images)` for each generated set.
 
         meter = FDMeter(judge, real_test_images)      # judge features
-        meter = FDMeter(features, real_test_images)   # any module with `num_features`
+        meter = FDMeter(extractor, real_test_images)  # any module with `num_features`, forward -> (B, F)
         meter.fd(generated_images)   # -> float
     """
 
@@ -50,7 +50,7 @@ class FDMeter:
 
         if real_images.shape[0] < 2:
             raise ValueError(f"FD needs at least 2 real images, got {real_images.shape[0]}")
-        if hasattr(features, "predict"):  # a judge: its penultimate features
+        if callable(getattr(features, "features", None)):  # a judge: its penultimate features
             features = JudgeFeatures(features)
         self.batch_size = batch_size
         self.device = next(features.parameters()).device
