@@ -39,13 +39,17 @@ def quiet_environment() -> None:
 
 
 def model_attributes(model_dir: str | Path) -> list[str] | None:
-    """The attributes the model was trained on, if its model_index.json records them
-    (key "attributes"); None shows every captioned attribute."""
+    """The attributes the model's training data varies, as its model_index.json records them
+    (key "attributes", written by `t2i train all`): [] for a model trained on captions without
+    attribute labels (the app then shows no attribute helpers); None when nothing is recorded
+    (every captioned attribute is offered)."""
     try:  # a model_index.json symlinked out of the model dir is not read
         names = read_model_index(model_dir).get("attributes")
     except (OSError, ValueError):
         return None
-    return list(names) if isinstance(names, list) and names else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return list(names)
 
 
 def create_app(model_dir: str | Path, limits: Limits | None = None, device: str | None = None):

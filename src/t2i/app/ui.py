@@ -74,10 +74,11 @@ def _safe(message: str) -> str:
 
 
 def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = "t2i") -> gr.Blocks:
-    """The app. `attributes` restricts the checkboxes to the attributes the model was trained
-    on (default: every captioned CelebA attribute)."""
-    present_names = [a for a in PRESENT_ATTRIBUTES if attributes is None or a in attributes]
-    negatable_names = [a for a in NEGATABLE_ATTRIBUTES if a in present_names]
+    """The app. `attributes` are the attributes the model's training data varies (as
+    model_index.json records them): the checkboxes offer only those; an empty list (a model
+    trained on captions without attribute labels) shows no attribute helpers at all; None
+    (not recorded) offers every captioned CelebA attribute."""
+    helpers = attributes is None or len(attributes) > 0
     model_note = f"model `{pipe.model_id}` · {pipe.image_size}×{pipe.image_size} px · {pipe.device.type}"
     admission = Admission(limits.concurrency, limits.queue_size)
 
@@ -93,32 +94,23 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
         except Busy as e:  # an error event: it ends a client's streaming loop, unlike "queue full"
             raise gr.Error(_safe(str(e)), title="Busy", print_exception=False) from None
 
-    def compose(sex, age, present, absent):
-        try:
-            return compose_prompt(sex, age, present, absent, allowed=present_names)
-        except RequestError as e:
-            raise gr.Error(_safe(str(e)), print_exception=False) from None
-
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(f"# {title}: text to image\n{model_note}. The preview shows, at each denoising step, "
                     "the image the model currently predicts.")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt",
-                                    info="compose terms with AND, NOT and :weight, e.g. "
-                                         "a woman with blond hair AND wearing glasses AND NOT a hat :1.5",
-                                    placeholder="a photo of a smiling young woman with blond hair wearing glasses",
+                                    info="compose terms with AND, NOT and :weight" + (
+                                        ", e.g. a woman with blond hair AND wearing glasses AND NOT a hat :1.5"
+                                        if helpers else ""),
+                                    placeholder=("a photo of a smiling young woman with blond hair wearing glasses"
+                                                 if helpers else "describe the picture"),
                                     max_length=limits.max_prompt_chars)
-                with gr.Accordion("Compose the prompt from attributes", open=False):
-                    with gr.Row():
-                        sex = gr.Radio(list(SEX_CHOICES), value="any", label="Sex")
-                        age = gr.Radio(list(AGE_CHOICES), value="any", label="Age")
-                    present = gr.CheckboxGroup(choices(present_names), label="Has", elem_id="t2i-has")
-                    absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without",
-                                              elem_id="t2i-without")
+                if helpers:
+                    _attribute_helpers(prompt, attributes)
                 # value="": the API then treats the negative prompt as optional (no value = required).
                 negative = gr.Textbox("", label="Negative prompt", lines=1, max_length=limits.max_prompt_chars,
-                                      placeholder="what to steer away from, e.g. eyeglasses")
+                                      placeholder="what to steer away from" + (", e.g. eyeglasses" if helpers else ""))
                 with gr.Row():
                     steps = _Slider(1, limits.max_steps, value=min(DEFAULT_STEPS, limits.max_steps), step=1,
                                     label="Steps", elem_id="t2i-steps")
@@ -147,10 +139,6 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
                                      elem_id="t2i-gallery", elem_classes="t2i-pixels",
                                      buttons=["download", "fullscreen"])
 
-        # One listener for all four boxes: `always_last` orders replies within a listener only, so
-        # separate listeners could let an older reply overwrite the prompt a newer click wrote.
-        gr.on([box.change for box in (sex, age, present, absent)], compose, [sex, age, present, absent], prompt,
-              queue=False, show_progress="hidden", trigger_mode="always_last", api_name="compose_prompt")
         inputs = [prompt, negative, steps, guidance, sampler, seed, random_seed, num_images]
         # The button, Enter in the prompt box and the API share one handler, whose admission
         # gate bounds the jobs running and waiting whichever way they arrive; gradio starts
@@ -161,6 +149,36 @@ def build_demo(pipe: T2IPipeline, limits: Limits, attributes=None, title: str = 
         submitted = prompt.submit(generate, inputs, outputs, api_visibility="private", **shared)
         stop.click(None, None, None, cancels=[clicked, submitted], api_visibility="private", queue=False)
     return demo
+
+
+def _attribute_helpers(prompt: gr.Textbox, attributes) -> None:
+    """The "Compose the prompt from attributes" accordion, offering only `attributes` (None:
+    every captioned one); ticking writes the canonical caption into `prompt`."""
+    present_names = [a for a in PRESENT_ATTRIBUTES if attributes is None or a in attributes]
+    negatable_names = [a for a in NEGATABLE_ATTRIBUTES if a in present_names]
+    # Sex and age are offered where the data varies them (Male, Young), like the checkboxes.
+    has_sex = attributes is None or "Male" in attributes
+    has_age = attributes is None or "Young" in attributes
+
+    def compose(sex, age, present, absent):
+        try:
+            for name, value, offered in (("sex", sex, has_sex), ("age", age, has_age)):
+                if value != "any" and not offered:
+                    raise RequestError(f"{name}: this model's training data does not vary it")
+            return compose_prompt(sex, age, present, absent, allowed=present_names)
+        except RequestError as e:
+            raise gr.Error(_safe(str(e)), print_exception=False) from None
+
+    with gr.Accordion("Compose the prompt from attributes", open=False):
+        with gr.Row():
+            sex = gr.Radio(list(SEX_CHOICES), value="any", label="Sex", visible=has_sex)
+            age = gr.Radio(list(AGE_CHOICES), value="any", label="Age", visible=has_age)
+        present = gr.CheckboxGroup(choices(present_names), label="Has", elem_id="t2i-has")
+        absent = gr.CheckboxGroup(choices(negatable_names), label="Explicitly without", elem_id="t2i-without")
+    # One listener for all four boxes: `always_last` orders replies within a listener only, so
+    # separate listeners could let an older reply overwrite the prompt a newer click wrote.
+    gr.on([box.change for box in (sex, age, present, absent)], compose, [sex, age, present, absent], prompt,
+          queue=False, show_progress="hidden", trigger_mode="always_last", api_name="compose_prompt")
 
 
 def _frames(pipe: T2IPipeline, request: GenerationRequest) -> Iterator:
