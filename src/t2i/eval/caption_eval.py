@@ -40,12 +40,15 @@ class CaptionData:
     captions: list[str]  # one per image (the dataset's caption for it)
 
 
-def load_caption_data(data: str | Path, image_size: int, max_real: int, seed: int) -> CaptionData:
+def load_caption_data(data: str | Path, image_size: int, max_real: int, seed: int,
+                      data_options=None) -> CaptionData:
     """Up to `max_real` test-split images (a seeded random subset when there are more), each
-    with one of its captions. Unreadable images are skipped and counted by the dataset."""
+    with one of its captions. Unreadable images are skipped and counted by the dataset.
+    `data_options` (DataOptions) must be the ones training read the data with, so that a
+    carved-out test split holds the same images."""
     from t2i.data.celeba import FaceDataset
 
-    test = FaceDataset(data, split="test", image_size=image_size)
+    test = FaceDataset(data, split="test", image_size=image_size, options=data_options)
     if len(test) < 4:
         raise ValueError(f"{data}: the test split has {len(test)} images; eval needs at least 4")
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:max_real].sort().values
@@ -67,7 +70,7 @@ def _generator(pipe, cfg, progress: bool):
 
 
 def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = None, progress: bool = True,
-                      log=print, real: CaptionData | None = None) -> dict:
+                      log=print, real: CaptionData | None = None, data_options=None) -> dict:
     """The caption-only evaluation (`cfg` is the EvalConfig); writes the report to `out_dir`
     if given and returns report.json's dict. `real` replaces the test split read from `data`."""
     from t2i.eval.report import prompt_grid, write_report
@@ -77,7 +80,7 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is None or not hasattr(text_encoder, "image_features"):
         raise ValueError("caption-only eval measures with the model's CLIP, and this pipeline has none")
-    real = real or load_caption_data(data, pipe.image_size, cfg.max_real, cfg.seed)
+    real = real or load_caption_data(data, pipe.image_size, cfg.max_real, cfg.seed, data_options)
     K, n_real = cfg.n_per_prompt, len(real.captions)
     generate = _generator(pipe, cfg, progress)
 

@@ -516,12 +516,12 @@ def run_sweep(pipe, judge, scored: tuple[str, ...], rows: np.ndarray, real: torc
 # ----------------------------------------------------------------------------- CLI
 
 
-def dataset_has_attributes(data: str | Path) -> bool:
+def dataset_has_attributes(data: str | Path, data_options=None) -> bool:
     """Whether the dataset labels its images with attributes (CelebA's columns, or attribute
-    fields in an imagefolder's metadata): then the judge measures faithfulness."""
+    columns in an imagefolder's metadata or a parquet set): then the judge measures faithfulness."""
     from t2i.data.celeba import read_annotations
 
-    return bool(read_annotations(data).has_attributes)
+    return bool(read_annotations(data, data_options).has_attributes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

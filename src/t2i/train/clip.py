@@ -138,6 +138,11 @@ class ClipStage(Stage):
         self.tokenizer = tokenizer
         self.val_set = val_set
         self.varied = tuple(varied)
+        # Without attribute labels (captions only) there is nothing to flip into a false claim
+        # and no attribute vector to match: hard negatives are off, and the positives of an
+        # image are its own caption and identical ones (all-zero labels would make every pair
+        # in the batch "the same attributes", a positive, and nothing left to contrast).
+        self.hard_negatives = preset.hard_negatives if self.varied else 0
         # Auxiliary attribute loss: varied attributes only, positives weighted by neg/pos rate.
         cols = [ATTRIBUTE_INDEX[a] for a in self.varied]
         self.attr_cols = torch.tensor(cols, dtype=torch.long)
@@ -173,7 +178,7 @@ class ClipStage(Stage):
         ids, mask, keys, owner = batch["ids"], batch["mask"], batch["caption_key"], batch["owner"]
         attrs = batch["attributes"]
         text_attrs = attrs[owner]  # (N, 40) what each text describes
-        if self.preset.hard_negatives:
+        if self.hard_negatives:
             negs, neg_attrs = self._hard_negatives(batch, ctx)
             n_ids, n_mask = self.tokenizer.encode(negs)
             L = max(ids.shape[1], int(n_mask.sum(dim=1).max()))
@@ -192,7 +197,8 @@ class ClipStage(Stage):
                 img, txt, keys, owner, source, attrs, text_attrs)
         own = owner[None, :] == torch.arange(img.shape[0], device=owner.device)[:, None]
         if self.preset.loss == "multipos":
-            pos = positive_mask(keys, attrs, owner, text_attributes=text_attrs)
+            pos = (positive_mask(keys, attrs, owner, text_attributes=text_attrs) if self.varied
+                   else positive_mask(keys, owner=owner))
         else:  # InfoNCE: only an image's own captions are positives (the diagonal when k = 1)
             pos = own
         loss = contrastive_loss(img, txt, scale, pos)
@@ -210,7 +216,7 @@ class ClipStage(Stage):
             hit = pos.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
             logs.update(logit_scale=scale.detach(), batch_i2t_acc=hit,
                         positives_per_row=pos.float().sum(1).mean(), texts_per_row=float(txt.shape[0]))
-            if self.preset.hard_negatives:
+            if self.hard_negatives:
                 # How often an image prefers its own caption to a hard negative made from it.
                 first = own.float().argmax(dim=1)  # (B,) index of each image's caption
                 negative = (owner < 0).nonzero()[:, 0]  # (N_neg,) text indices
@@ -226,7 +232,7 @@ class ClipStage(Stage):
         B = attrs.shape[0]
         captions = batch["captions"]  # caption b belongs to image b
         texts, flipped = [], []
-        for _ in range(self.preset.hard_negatives):
+        for _ in range(self.hard_negatives):
             seeds = ctx.randint(0, 2**31 - 1, B).tolist()
             for b in range(B):
                 text, v = hard_negative_caption(attrs[b].numpy(), captions[b], self.varied,
@@ -354,13 +360,16 @@ def evaluate(model: CLIP, tokenizer: CaptionTokenizer, dataset, varied: tuple[st
     captions = [it["caption"] for it in items]
     img_feat = _image_features(model, images, device)
     cols = [ATTRIBUTE_INDEX[a] for a in varied]
-    key = attrs[:, cols] if cols else attrs  # the attribute vector that captions can express
+    # The attribute vector that captions can express; without labels, each image's own index
+    # (a hit is then the image itself or one with an identical caption).
+    key = attrs[:, cols] if cols else torch.arange(len(items))[:, None]
     metrics: dict = {"val_images": len(items), "attributes": list(varied)}
 
     # -- retrieval (first eval_images images)
     n = min(eval_images, len(items))
     same = (key[:n, None, :] == key[None, :n, :]).all(-1)  # (n, n) same attribute vector
-    for kind in ("complete", "dataset"):
+    # Captions made from attributes ("complete") and attribute-consistency need attribute labels.
+    for kind in ("complete", "dataset") if cols else ("dataset",):
         if kind == "complete":
             caps = [complete_caption(a.numpy().astype(np.float32), attributes=varied) for a in attrs[:n]]
         else:
@@ -377,7 +386,7 @@ def evaluate(model: CLIP, tokenizer: CaptionTokenizer, dataset, varied: tuple[st
         res = {"unique_captions": len(unique)}
         res.update({f"t2i_{k}": v for k, v in _recall(sim, t2i_hit).items()})
         res.update({f"i2t_{k}": v for k, v in _recall(sim.t(), t2i_hit.t()).items()})
-        if kind == "dataset":
+        if kind == "dataset" and cols:
             # Consistent: the image has every attribute value the caption asserts.
             consistent = torch.ones(len(unique), n, dtype=torch.bool)
             for j, c in enumerate(unique):
