@@ -32,6 +32,8 @@ from t2i.eval.clip_metrics import (
     r_precision_scores,
 )
 from t2i.eval.fd import FDMeter
+from t2i.eval.generation import generate_images, vae_reconstruct
+from t2i.eval.report import prompt_grid, write_report
 
 
 @dataclass
@@ -60,8 +62,6 @@ def load_caption_data(data: str | Path, image_size: int, max_real: int, seed: in
 
 
 def _generator(pipe, cfg, progress: bool):
-    from t2i.eval.run import generate_images
-
     def generate(prompts: list[str], per_prompt: int, tag: str) -> tuple[torch.Tensor, float]:
         return generate_images(pipe, prompts, per_prompt, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
                                cfg.batch_size, tag, progress)
@@ -73,9 +73,6 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
                       log=print, real: CaptionData | None = None, data_options=None) -> dict:
     """The caption-only evaluation (`cfg` is the EvalConfig); writes the report to `out_dir`
     if given and returns report.json's dict. `real` replaces the test split read from `data`."""
-    from t2i.eval.report import prompt_grid, write_report
-    from t2i.eval.run import vae_reconstruct
-
     t_start = time.perf_counter()
     text_encoder = getattr(pipe, "text_encoder", None)
     if text_encoder is None or not hasattr(text_encoder, "image_features"):
