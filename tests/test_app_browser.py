@@ -23,7 +23,7 @@ import playwright.sync_api as playwright  # noqa: E402  (a dev dependency: fail,
 from test_app import start_server, stop_server  # noqa: E402
 from tiny_model import tiny_model_fixture  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("T2I_CHROMIUM", "/usr/bin/chromium")  # `make test CHROMIUM=...` sets it
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def browser_model(tmp_path_factory, synth_dir):
 @pytest.fixture(scope="module")
 def app_url(browser_model, tmp_path_factory):
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is not installed: `make browser` installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} is not installed: `make browser` says how to get it")
     log_path = tmp_path_factory.mktemp("serve_browser") / "serve.log"
     proc, url = start_server(browser_model, log_path, "--max-steps", "50", "--max-images", "4")
     yield url

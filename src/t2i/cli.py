@@ -31,6 +31,29 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
+# Packages of the optional extras (pyproject.toml), by import name: a command that needs one
+# that is missing says which extra to install instead of failing with a traceback.
+EXTRA_OF_PACKAGE: dict[str, str] = {
+    "accelerate": "train", "tensorboard": "train", "pyarrow": "train", "yaml": "train", "tomli": "train",
+    "torchmetrics": "eval", "matplotlib": "eval", "tqdm": "eval",
+    "gradio": "app", "gradio_client": "app", "rich": "app",
+    "huggingface_hub": "hub",
+}
+# The extra a command group is installed with (torchmetrics, tqdm, ... are in several).
+EXTRA_OF_COMMAND = {"train": "train", "encode": "train", "data": "train", "eval": "eval", "serve": "app",
+                    "live": "app", "export": "hub"}
+
+
+def missing_extra_message(package: str, command: str) -> str | None:
+    """"t2i train needs accelerate: pip install 't2i[train]'" for a missing optional package."""
+    extra = EXTRA_OF_PACKAGE.get(package)
+    if extra is None:
+        return None
+    if EXTRA_OF_COMMAND.get(command) in ("train", "eval") and extra in ("train", "eval"):
+        extra = EXTRA_OF_COMMAND[command]  # torchmetrics, tqdm, yaml come with both
+    return f"t2i {command} needs {package}, which is not installed: pip install 't2i[{extra}]'"
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2, no traceback."""
 
@@ -59,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             # A subcommand whose optional dependency (e.g. the [app] extra) is missing still
             # shows in --help and explains itself when run.
-            sub.set_defaults(_missing=str(e))
+            package = (e.name or "").split(".")[0]
+            sub.set_defaults(_missing=missing_extra_message(package, words[0]) or str(e))
     return parser
 
 
@@ -72,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv is None or not argv else 2
     if getattr(args, "_missing", None):
-        print(f"t2i: this command needs an optional dependency: {args._missing}", file=sys.stderr)
+        print(f"t2i: error: {args._missing}", file=sys.stderr)
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
@@ -89,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("t2i: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        message = missing_extra_message((e.name or "").split(".")[0], args.command)
+        if message is None:
+            raise
+        print(f"t2i: error: {message}", file=sys.stderr)
+        return 2
 
 
 def _version() -> str:

@@ -341,7 +341,16 @@ def run(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in files)
     print(f"wrote {out} ({len(files)} files, {size / 1e6:.1f} MB)")
     if args.push_to_hub:
+        from t2i.cli import CLIError
         from t2i.hub import push_folder
 
-        print(f"pushed to {push_folder(out, args.push_to_hub, space=args.space, private=args.private)}")
+        try:
+            url = push_folder(out, args.push_to_hub, space=args.space, private=args.private)
+        except Exception as e:  # huggingface_hub's: offline mode, no token, no permission, HTTP
+            if not type(e).__module__.startswith("huggingface_hub"):
+                raise
+            raise CLIError(f"pushing {out} to {args.push_to_hub} failed ({type(e).__name__}: {e}); the export "
+                           "itself is written. Pushing needs the network (HF_HUB_OFFLINE=0) and a write token "
+                           "(hf auth login)") from None
+        print(f"pushed to {url}")
     return 0

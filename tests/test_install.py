@@ -1,0 +1,75 @@
+"""A fresh virtual environment with only t2i's core dependencies (torch, numpy, pillow,
+safetensors, tokenizers) runs an exported model: the same pixels as the full install.
+
+Slow (a few minutes on 2 cores: it installs torch and builds t2i), so it is marked slow and
+`.ci/run` runs it after `make test`. pip installs from the package index it is configured
+with, as `make install` does; torch is pinned to the release this suite runs on (the Makefile's
+pin, whose CPU wheel lies on the CI machine's disk)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.cli import main
+from t2i.pipeline import T2IPipeline
+from tiny_model import tiny_model_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a smiling man with eyeglasses"
+NOT_CORE = ("accelerate", "torchmetrics", "tensorboard", "matplotlib", "gradio", "rich", "pyarrow", "scipy")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synth_dir):
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kw)
+
+
+@pytest.mark.slow
+def test_core_only_venv_runs_an_exported_model(tiny_model, synth_dir, tmp_path):
+    exported = tmp_path / "exported"
+    assert main(["export", str(tiny_model), str(exported)]) == 0
+
+    # t2i's sources, copied so that building the wheel writes nothing into the checkout.
+    source = tmp_path / "t2i-src"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+
+    venv = tmp_path / "venv"
+    python = venv / "bin" / "python"
+    assert run([sys.executable, "-m", "venv", str(venv)]).returncode == 0
+    torch_pin = f"torch=={torch.__version__.split('+')[0]}"
+    for what in ([torch_pin], [str(source)]):  # torch first, as the README says, then t2i's core
+        proc = run([str(python), "-m", "pip", "install", "-q", *what])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    installed = run([str(python), "-m", "pip", "list", "--format=freeze"]).stdout.lower()
+    names = {line.split("==")[0] for line in installed.splitlines()}
+    assert {"t2i", "torch", "numpy", "pillow", "safetensors", "tokenizers"} <= names
+    assert not names & set(NOT_CORE), names & set(NOT_CORE)
+
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    out = tmp_path / "images"
+    proc = run([str(python), "-m", "t2i", "generate", PROMPT, "--model", str(exported), "-n", "2", "--steps", "4",
+                "--seed", "3", "--device", "cpu", "--out", str(out)], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = T2IPipeline.from_pretrained(exported, device="cpu")(PROMPT, num_images=2, steps=4, seed=3)
+    for k, image in enumerate(expected):
+        assert np.array_equal(np.asarray(Image.open(out / "0001" / f"00_{k:02d}.png")), np.asarray(image))
+
+    # Training is an extra: the command says which one instead of failing with a traceback.
+    proc = run([str(python), "-m", "t2i", "train", "vae", "--data", str(synth_dir), "--out", str(tmp_path / "m"),
+                "--preset", "tiny", "--steps", "1"], env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "pip install 't2i[train]'" in proc.stderr, proc.stderr[-2000:]
