@@ -1,5 +1,6 @@
-"""A fresh virtual environment with only t2i's core dependencies (torch, numpy, pillow,
-safetensors, tokenizers) runs an exported model: the same pixels as the full install.
+"""Installing t2i: the core dependencies and extras pyproject.toml declares, and a fresh virtual
+environment with only the core (torch, numpy, pillow, safetensors, tokenizers) running an
+exported model: the same pixels as the full install.
 
 Slow (a few minutes on 2 cores: it installs torch and builds t2i), so it is marked slow and
 `.ci/run` runs it after `make test`. pip installs from the package index it is configured
@@ -8,6 +9,7 @@ pin, whose CPU wheel lies on the CI machine's disk)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -73,3 +75,49 @@ def test_core_only_venv_runs_an_exported_model(tiny_model, synth_dir, tmp_path):
     proc = run([str(python), "-m", "t2i", "train", "vae", "--data", str(synth_dir), "--out", str(tmp_path / "m"),
                 "--preset", "tiny", "--steps", "1"], env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "pip install 't2i[train]'" in proc.stderr, proc.stderr[-2000:]
+
+
+def declared_extras() -> tuple[list[str], dict[str, set[str]]]:
+    """(core requirement names, {extra: requirement names, with t2i[...] includes expanded})."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the [eval] extra brings tomli
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(req: str) -> str:
+        return re.split(r"[<>=!;\[ ]", req, maxsplit=1)[0].lower()
+
+    raw = project["optional-dependencies"]
+
+    def expand(extra: str) -> set[str]:
+        names = set()
+        for req in raw[extra]:
+            if name(req) == "t2i":
+                for included in re.search(r"\[(.*)\]", req).group(1).split(","):
+                    names |= expand(included.strip())
+            else:
+                names.add(name(req))
+        return names
+
+    return [name(r) for r in project["dependencies"]], {extra: expand(extra) for extra in raw}
+
+
+def test_core_is_what_inference_needs_and_the_cli_names_the_right_extra():
+    from t2i.cli import EXTRA_OF_PACKAGE, missing_extra_message
+
+    core, extras = declared_extras()
+    assert core == ["torch", "numpy", "pillow", "safetensors", "tokenizers"]
+    distribution = {"yaml": "pyyaml", "gradio_client": "gradio"}  # import name -> what provides it
+    for package, extra in EXTRA_OF_PACKAGE.items():
+        assert distribution.get(package, package) in extras[extra], (package, extra)
+    assert extras["eval"] <= extras["train"]  # `train all` ends with eval
+    assert set().union(*(extras[e] for e in ("train", "eval", "app", "hub"))) <= extras["dev"]
+    assert "scipy" not in set().union(core, *extras.values())
+    assert missing_extra_message("accelerate", "train") == (
+        "t2i train needs accelerate, which is not installed: pip install 't2i[train]'")
+    assert missing_extra_message("torchmetrics", "train").endswith("pip install 't2i[train]'")
+    assert missing_extra_message("torchmetrics", "eval").endswith("pip install 't2i[eval]'")
+    assert missing_extra_message("gradio", "serve").endswith("pip install 't2i[app]'")
+    assert missing_extra_message("numpy", "generate") is None

@@ -34,12 +34,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 # Packages of the optional extras (pyproject.toml), by import name: a command that needs one
 # that is missing says which extra to install instead of failing with a traceback.
 EXTRA_OF_PACKAGE: dict[str, str] = {
-    "accelerate": "train", "tensorboard": "train", "pyarrow": "train", "yaml": "train", "tomli": "train",
-    "torchmetrics": "eval", "matplotlib": "eval", "tqdm": "eval",
+    "accelerate": "train", "tensorboard": "train",
+    "torchmetrics": "eval", "matplotlib": "eval", "tqdm": "eval", "pyarrow": "eval", "yaml": "eval", "tomli": "eval",
     "gradio": "app", "gradio_client": "app", "rich": "app",
     "huggingface_hub": "hub",
 }
-# The extra a command group is installed with (torchmetrics, tqdm, ... are in several).
+# The extra a command group is installed with ([train] includes [eval]).
 EXTRA_OF_COMMAND = {"train": "train", "encode": "train", "data": "train", "eval": "eval", "serve": "app",
                     "live": "app", "export": "hub"}
 
@@ -50,7 +50,7 @@ def missing_extra_message(package: str, command: str) -> str | None:
     if extra is None:
         return None
     if EXTRA_OF_COMMAND.get(command) in ("train", "eval") and extra in ("train", "eval"):
-        extra = EXTRA_OF_COMMAND[command]  # torchmetrics, tqdm, yaml come with both
+        extra = EXTRA_OF_COMMAND[command]
     return f"t2i {command} needs {package}, which is not installed: pip install 't2i[{extra}]'"
 
 
