@@ -138,3 +138,24 @@ def test_live_session_reads_the_syntax(pipe, tmp_path):
     assert "composed prompt, 2 terms: 'a smiling woman' 1, NOT 'a hat' 1" in text
     assert "error: prompt: empty term before 'AND' at column 21" in text
     assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_prompt_warnings_read_a_composed_prompt_term_by_term(pipe):
+    from t2i.vocabulary import Vocabulary
+
+    saved = pipe.vocabulary
+    pipe.vocabulary = Vocabulary.from_captions(["a photo of a smiling woman wearing a hat", "a man with a beard"])
+    try:
+        warned = pipe.prompt_warnings("a smiling woman :1.5 AND NOT a hat AND a bespectacled man")
+        # The keywords and the weight are syntax, not words; the unseen word is named.
+        assert [w["word"] for w in warned[0]["words"]] == ["bespectacled"]
+    finally:
+        pipe.vocabulary = saved
+    # Each term has the whole context: a long composed prompt of short terms is not truncated.
+    context = pipe.text_encoder.tokenizer.context_length
+    long_term = "a smiling woman " * context
+    short_terms = " AND ".join(["a smiling woman wearing a hat"] * 8)
+    assert pipe.text_encoder.tokenizer.num_tokens(short_terms) > context
+    assert not [w for w in pipe.prompt_warnings(short_terms) if w["kind"] == "truncated"]
+    truncated = [w for w in pipe.prompt_warnings(f"a man AND {long_term}") if w["kind"] == "truncated"]
+    assert len(truncated) == 1 and truncated[0]["message"].startswith("the term 'a smiling woman")

@@ -258,17 +258,28 @@ class T2IPipeline:
         warnings (the API returns them as they are; the CLI, live and the page show `message`):
         {"field", "kind": "unseen_words", "message", "words": [{"word", "suggestion"}]} for
         words the model never saw (it is likely to ignore them), and {"field", "kind":
-        "truncated", "message"} for a prompt longer than the text encoder's context."""
+        "truncated", "message"} for a prompt longer than the text encoder's context. A composed
+        prompt (`field` "prompt") is read as the encoder reads it, term by term: its `AND`/`NOT`
+        keywords and weights are not words, and each term has the whole context."""
+        texts = [prompt]
+        if field == "prompt":
+            try:
+                texts = [t.text for t in parse_prompt(prompt).terms]
+            except PromptSyntaxError:
+                pass  # generating reports it, naming the column
         out = []
-        unseen = self.unseen_words(prompt)
+        unseen = self.unseen_words(" ".join(texts))
         if unseen:
             out.append({"field": field, "kind": "unseen_words", "message": unseen_message(unseen),
                         "words": [u.to_dict() for u in unseen]})
         tokenizer = self.text_encoder.tokenizer
-        n, context = tokenizer.num_tokens(prompt), tokenizer.context_length
-        if n > context:
-            out.append({"field": field, "kind": "truncated",
-                        "message": f"the prompt is {n - 2} tokens long; the model reads only the first {context - 2}"})
+        context = tokenizer.context_length
+        for text in texts:
+            n = tokenizer.num_tokens(text)
+            if n > context:
+                what = "the prompt" if len(texts) == 1 else f"the term {text[:40]!r}"
+                out.append({"field": field, "kind": "truncated",
+                            "message": f"{what} is {n - 2} tokens long; the model reads only the first {context - 2}"})
         return out
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
