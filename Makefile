@@ -16,7 +16,7 @@ export T2I_CHROMIUM=$(CHROMIUM)
 # Idle OpenMP threads sleep instead of spinning: test subprocesses share 2 cores with pytest.
 test test-slow: export OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: demo test test-slow bench lint install browser clean
+.PHONY: demo test test-slow bench gpu-check lint install browser clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +61,14 @@ bench: install
 	$(BIN)/python bench/unet.py
 	$(BIN)/python bench/pipeline.py --model $(MODEL)
 	$(BIN)/python bench/data.py --data $(DATA)
+
+# One command for a short GPU window (under 8 minutes on one CUDA GPU): CUDA tests, UNet and
+# pipeline benchmarks beside diffusers, the celeba128 recipe, torchrun. DRY=1: the same on the CPU
+# with tiny sizes. It installs nothing (a GPU machine brings its own CUDA torch): the project's
+# venv if there is one, else $(PY) with t2i's dependencies and the [dev] extra.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	PYTHONPATH=src $(GPU_PY) bench/gpu_check.py $(if $(DRY),--dry-run) $(GPU_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -52,14 +52,23 @@ T2I_EQUAL = UNetConfig(
 )
 
 
-def diffusers_baseline():
+# --tiny (a dry run of the benchmark's code, not a measurement): both models an eighth as wide,
+# fed 32-wide text.
+T2I_EQUAL_TINY = UNetConfig(
+    channels=(8, 16, 32, 32), blocks=1, attention_levels=(1, 2, 3), num_heads=2,
+    context_dim=32, pooled_dim=0, mlp_mult=4,
+)
+
+
+def diffusers_baseline(tiny=False):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128, 256),
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16, 32) if tiny else (64, 128, 256),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=1280, layers_per_block=2, attention_head_dim=8,
+        cross_attention_dim=32 if tiny else 1280, layers_per_block=2, attention_head_dim=8,
+        norm_num_groups=8 if tiny else 32,
     )
 
 
@@ -90,13 +99,14 @@ class Spec:
         return [None if v is None else v.to(device) for v in out]
 
 
-def build_specs(names, device, channels_last):
+def build_specs(names, device, channels_last, tiny=False):
     specs = []
+    equal = T2I_EQUAL_TINY if tiny else T2I_EQUAL
     for name in names:
         if name == "diffusers-baseline":
-            spec = Spec(name, diffusers_baseline(), 1280, 0, is_diffusers=True)
+            spec = Spec(name, diffusers_baseline(tiny), equal.context_dim, 0, is_diffusers=True)
         elif name in ("t2i-equal", "t2i-equal-nokv"):
-            spec = Spec(name, UNet(T2I_EQUAL), 1280, 0)
+            spec = Spec(name, UNet(equal), equal.context_dim, 0)
             # -nokv: without reusing the text K/V projections across sampling steps
             spec.module.set_text_kv_cache(name == "t2i-equal")
         elif name == "t2i-synth64":
@@ -195,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graphs", action="store_true", help="sampling via CUDA graph replay")
     p.add_argument("--channels-last", action="store_true", help="channels_last weights/inputs")
     p.add_argument("--quick", action="store_true", help="fewer rounds and iterations")
+    p.add_argument("--tiny", action="store_true",
+                   help="diffusers' and t2i's equal-size UNets an eighth as wide: runs the code, measures nothing")
     p.add_argument("--train-batch", type=int, default=0, help="default 32 (CPU) / 256 (CUDA)")
     p.add_argument("--sample-batches", default="1,16")
     p.add_argument("--context-len", type=int, default=16)
@@ -234,7 +246,7 @@ def main(argv=None) -> int:
         return torch.autocast(device.type, dtype=amp_dtype)
 
     torch.manual_seed(0)
-    specs = build_specs(args.models.split(","), device, args.channels_last)
+    specs = build_specs(args.models.split(","), device, args.channels_last, args.tiny)
     L = args.context_len
     results = {}
     trains, samplers = {}, {}
@@ -339,7 +351,7 @@ def main(argv=None) -> int:
         },
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version()},
-        "settings": {"latent": LATENT, "context_len": L, "train_batch": train_B,
+        "settings": {"tiny": args.tiny, "latent": LATENT, "context_len": L, "train_batch": train_B,
                      "sample_batches": sample_Bs, "bf16": args.bf16, "compile": args.compile,
                      "cuda_graphs": args.cuda_graphs, "channels_last": args.channels_last,
                      "rounds": rounds, "train_iters": train_iters, "sample_iters": sample_iters},
