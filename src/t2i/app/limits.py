@@ -146,7 +146,7 @@ def validate_request(
     num_images=1,
 ) -> GenerationRequest:
     """Check every field against `limits`; a random seed is drawn here so the job (and its
-    PNG metadata) always carries the seed that reproduces it."""
+    PNG metadata) always carries a seed that reproduces it."""
     prompt = clean_text(prompt, "prompt", limits.max_prompt_chars)
     if not prompt:
         raise RequestError("prompt is empty: type a description or tick some attributes")

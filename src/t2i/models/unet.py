@@ -340,8 +340,9 @@ UNET_PRESETS: dict[str, UNetConfig] = {
         channels=(64, 128, 128), blocks=1, attention_levels=(1, 2), head_dim=32,
         context_dim=128, pooled_dim=128, mlp_mult=2, text_token_embeddings=True,
     ),
-    # 128px CelebA on one GPU: 4x16x16 latents from the f=8 VAE, like the seed, so the same
-    # three levels (16/8/4) with cross-attention at each; twice the seed's widths (80.6M
+    # 128px CelebA on one GPU: 4x16x16 latents from the f=8 VAE, like the baseline's
+    # (Text-To-Image-From-Scratch: diffusers UNet2DConditionModel, blocks 64/128/256), so the
+    # same three levels (16/8/4) with cross-attention at each; twice the baseline's widths (80.6M
     # parameters, 2.7x its count) for real faces' variety, which a GPU affords at this size.
     "celeba128": UNetConfig(
         channels=(128, 256, 512), blocks=2, attention_levels=(0, 1, 2), head_dim=64,

@@ -78,7 +78,7 @@ PRESETS: dict[str, VAEPreset] = {
         image_size=32, crop_size=16, val_images=16, stats_images=32, sample_images=4,
     ),
     # The one-command demo's VAE: SynthFaces 64px -> 4x16x16 (f=4), 0.92M parameters, 1000
-    # steps of 16 random 32px crops. MSE because the bar is PSNR and it gets there in fewer
+    # steps of 16 random 32px crops. MSE because the target is PSNR and it gets there in fewer
     # steps than L1 (docs/vae.md has the measurements); no GAN (too slow for the budget).
     "synth64": VAEPreset(
         model=VAEConfig(channels=(32, 64, 64), num_res_blocks=1),
@@ -87,7 +87,7 @@ PRESETS: dict[str, VAEPreset] = {
                         ckpt_every=500, sample_every=500),
         image_size=64, crop_size=32, val_images=256, stats_images=512,
     ),
-    # CelebA 128px -> 4x16x16 (f=8, the seed's latent size) for a GPU: four levels of two
+    # CelebA 128px -> 4x16x16 (f=8, the baseline's latent size) for a GPU: four levels of two
     # blocks, L1 + the PatchGAN after 20k steps (LDM's recipe minus LPIPS). Crops of 64px;
     # no attention, which would see a different context on crops than on whole images.
     "celeba128": VAEPreset(
