@@ -138,7 +138,7 @@ def test_card_without_an_eval_report_says_so(tiny_model, tmp_path):
 def test_space_serves_the_exported_model_with_python_app_py(tiny_model, tmp_path):
     pytest.importorskip("gradio")
     gradio_client = pytest.importorskip("gradio_client")
-    from test_app import free_port, stop_server, wait_until_serving
+    from test_app import free_port, request, stop_server, wait_until_serving
 
     space = tmp_path / "space"
     assert main(["export", str(tiny_model), str(space), "--space"]) == 0
@@ -162,8 +162,8 @@ def test_space_serves_the_exported_model_with_python_app_py(tiny_model, tmp_path
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(proc, url, log_path, "the Space's app.py")
         client = gradio_client.Client(url, verbose=False, download_files=str(tmp_path / "dl"), analytics_enabled=False)
-        _, gallery, info = client.predict(prompt=PROMPT, negative_prompt="", steps=3, guidance=3.0, sampler="dpm++2m",
-                                          seed=1, random_seed=False, num_images=1, api_name="/generate")
+        outputs = client.predict(**request(PROMPT, steps=3, seed=1), api_name="/generate")
+        gallery, info = outputs[1], outputs[2]  # (preview, gallery, info, ...) as `t2i serve` answers
         assert len(gallery) == 1 and Path(gallery[0]["image"]).is_file()
         assert "model `" in info
     finally:
