@@ -76,18 +76,19 @@ def test_data_commands_report_user_errors(tmp_path, capsys):
 
 def test_captioned_grid_shows_long_captions_whole():
     import numpy as np
+    from PIL import Image
 
     from t2i.data.captions import MAX_WORDS
-    from t2i.data.show import _font, captioned_grid, wrap_to_width
+    from t2i.imaging import captioned_grid, load_font, wrap_text
 
     long = ("a picture of a youthful gentleman with a smile, a slightly open mouth and wavy black hair, "
             "wearing a hat and spectacles, no rosy cheeks, without a necklace")
     assert len(long.split()) <= MAX_WORDS
-    font = _font(11)
-    lines = wrap_to_width(long, font, 128)
+    font = load_font(11)
+    lines = wrap_text(long, font, 128)
     assert " ".join(lines) == long and len(lines) > 5  # nothing lost; more than the old 5-line cell
     assert all(font.getlength(ln) <= 128 for ln in lines)
-    img = np.full((64, 64, 3), 255, dtype=np.uint8)
+    img = Image.fromarray(np.full((64, 64, 3), 255, dtype=np.uint8))
     grid = np.asarray(captioned_grid([img, img], ["short", long], cols=2).convert("L"))
     th, line_h = 128, 14
     last = grid[6 + th + 3 + (len(lines) - 1) * line_h: 6 + th + 3 + len(lines) * line_h]

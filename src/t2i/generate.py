@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from t2i.imaging import captioned_grid
 from t2i.pipeline import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -54,39 +55,6 @@ def png_metadata(**fields) -> PngInfo:
         info.add_text(key, str(value))
     info.add_text("t2i", json.dumps(fields))
     return info
-
-
-def captioned_grid(images: list[Image.Image], captions: list[str], cols: int, scale: int = 2) -> Image.Image:
-    """Images upscaled `scale`x with their caption under each (wrapped)."""
-    from PIL import ImageDraw, ImageFont
-
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    font = ImageFont.load_default(size=11)
-    lines_per = [wrap_text(c, font, w - 4) for c in captions]
-    text_h = 13 * max(len(lines) for lines in lines_per) + 4
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * (h + text_h)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, (im, lines) in enumerate(zip(images, lines_per)):
-        x, y = (i % cols) * w, (i // cols) * (h + text_h)
-        grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (x, y))
-        for j, line in enumerate(lines):
-            draw.text((x + 2, y + h + 2 + 13 * j), line, fill="black", font=font)
-    return grid
-
-
-def wrap_text(text: str, font, width: float) -> list[str]:
-    """Greedy word wrap to `width` pixels in `font`."""
-    lines, line = [], ""
-    for word in text.split():
-        trial = f"{line} {word}".strip()
-        if font.getlength(trial) <= width or not line:
-            line = trial
-        else:
-            lines.append(line)
-            line = word
-    return lines + [line] if line else lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,7 @@ from t2i.checkpoint import (
 from t2i.diffusion.guidance import cfg_model, composed_model
 from t2i.diffusion.samplers import SAMPLERS, img2img_start, make_denoiser, timesteps
 from t2i.diffusion.schedule import NoiseSchedule
+from t2i.imaging import pil_to_tensor, tensor_to_pil
 from t2i.models.unet import UNet, UNetConfig
 from t2i.models.vae import VAE, VAEConfig
 from t2i.prompt_syntax import ComposedPrompt, PromptSyntaxError, parse_prompt
@@ -589,22 +590,6 @@ def _broadcast(negative: str | list[str] | None, n: int) -> list[str]:
 
 def _repeat(states: tuple[torch.Tensor, ...], k: int) -> tuple[torch.Tensor, ...]:
     return tuple(s.repeat_interleave(k, dim=0) for s in states)
-
-
-def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """PIL -> (3,size,size) in [-1,1]: centre square crop, then resize (the training preprocessing)."""
-    image = image.convert("RGB")
-    w, h = image.size
-    s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 127.5 - 1
-
-
-def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(N,3,H,W) in [-1,1] -> list of PIL images."""
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:

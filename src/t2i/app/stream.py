@@ -13,7 +13,6 @@ its compute has stopped.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from t2i.app.limits import GenerationRequest
-from t2i.pipeline import T2IPipeline, tensor_to_pil
+from t2i.imaging import image_grid, tensor_to_pil
+from t2i.pipeline import T2IPipeline
 
 
 class GenerationCancelled(Exception):
@@ -43,16 +43,9 @@ class Frame:
         return self.images is not None
 
 
-def tile(images: list[Image.Image], cols: int | None = None, gap: int = 2) -> Image.Image:
-    """Images side by side (a near-square grid for more than 4), `gap` pixels apart."""
-    n = len(images)
-    cols = cols or (n if n <= 4 else math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), (24, 24, 24))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
-    return grid
+def tile(images: list[Image.Image]) -> Image.Image:
+    """Images side by side (a near-square grid for more than 4), 2 pixels apart on dark grey."""
+    return image_grid(images, gap=2, background=(24, 24, 24))
 
 
 def truncation_note(pipe: T2IPipeline, prompt: str) -> str | None:

@@ -6,60 +6,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from t2i.attributes import CELEBA_ATTRIBUTES
 from t2i.data.options import add_data_arguments, data_options_from_args
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow built without FreeType: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def wrap_to_width(text: str, font, width: float) -> list[str]:
-    """Greedy word wrap measured in pixels of `font` (a character count would overflow the
-    tile for wide letters and waste it for narrow ones). A word wider than `width` keeps a
-    line of its own."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(lines[-1] + " " + word) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    return lines
-
-
-def captioned_grid(images: list[np.ndarray], captions: list[str], cols: int = 4, scale: int = 2,
-                   font_size: int = 11, max_lines: int = 12) -> Image.Image:
-    """Tile (H, W, 3) uint8 images with each caption word-wrapped under its image. Every cell
-    is as tall as the longest caption needs, so captions are shown whole (up to `max_lines`
-    lines, past which "..." marks the cut)."""
-    if not images:
-        raise ValueError("no images to show")
-    h, w = images[0].shape[:2]
-    tw, th = w * scale, h * scale
-    font = _font(font_size)
-    wrapped = [wrap_to_width(c, font, tw) for c in captions]
-    for lines in wrapped:
-        if len(lines) > max_lines:
-            del lines[max_lines:]
-            lines[-1] += "..."
-    line_h = font_size + 3
-    cell_h = th + 6 + max(map(len, wrapped), default=0) * line_h
-    rows = (len(images) + cols - 1) // cols
-    pad = 6
-    grid = Image.new("RGB", (cols * (tw + pad) + pad, rows * (cell_h + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for k, (img, lines) in enumerate(zip(images, wrapped)):
-        x = pad + (k % cols) * (tw + pad)
-        y = pad + (k // cols) * (cell_h + pad)
-        grid.paste(Image.fromarray(img).resize((tw, th), Image.NEAREST), (x, y))
-        for j, line in enumerate(lines):
-            draw.text((x, y + th + 3 + j * line_h), line, fill=(20, 20, 20), font=font)
-    return grid
+from t2i.imaging import captioned_grid, tensor_to_pil
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         sample = ds[(int(i), args.seed)]
         if sample is None:
             continue
-        images.append(((sample["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+        images.append(tensor_to_pil(sample["image"][None])[0])
         caps.append(sample["caption"])
         if len(images) == args.n:
             break

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from t2i.checkpoint import atomic_write_json
-from t2i.generate import wrap_text
-from t2i.pipeline import tensor_to_pil
+from t2i.imaging import captioned_grid, tensor_to_pil
 
 # ----------------------------------------------------------------------------- images
 
@@ -23,34 +22,15 @@ from t2i.pipeline import tensor_to_pil
 def prompt_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, notes: list[str] | None = None,
                 scale: int = 2) -> Image.Image:
     """One row per prompt: its `per_prompt` images (prompt-major order), the prompt under the
-    row, and under each image an optional note (e.g. the attributes the judge found wrong)."""
+    row, and under each image an optional note (e.g. the attributes the judge found wrong: red,
+    or "ok" in green)."""
     pil = tensor_to_pil(images)
     if len(pil) != len(prompts) * per_prompt:
         raise ValueError(f"{len(pil)} images for {len(prompts)} prompts x {per_prompt}")
-    font = ImageFont.load_default(size=11)
-    w, h = pil[0].size
-    w, h = w * scale, h * scale
-    width = per_prompt * w
-    line_h = 13
-    note_lines = [wrap_text(n, font, w - 4)[:3] for n in notes] if notes else [[] for _ in pil]
-    note_h = line_h * max((len(n) for n in note_lines), default=0)
-    text_lines = [wrap_text(p, font, width - 6) for p in prompts]
-    row_heights = [h + note_h + line_h * len(t) + 8 for t in text_lines]
-    grid = Image.new("RGB", (width, sum(row_heights)), "white")
-    draw = ImageDraw.Draw(grid)
-    y = 0
-    for r, (lines, rh) in enumerate(zip(text_lines, row_heights)):
-        for k in range(per_prompt):
-            i = r * per_prompt + k
-            grid.paste(pil[i].resize((w, h), Image.Resampling.NEAREST), (k * w, y))
-            for j, line in enumerate(note_lines[i]):
-                colour = (0, 110, 0) if line.startswith("ok") else (170, 0, 0)
-                draw.text((k * w + 2, y + h + 1 + line_h * j), line, fill=colour, font=font)
-        for j, line in enumerate(lines):
-            draw.text((3, y + h + note_h + 2 + line_h * j), line, fill="black", font=font)
-        y += rh
-        draw.line([(0, y - 2), (width, y - 2)], fill=(200, 200, 200))
-    return grid
+    notes = notes or [""] * len(pil)
+    colours = [(0, 110, 0) if n.startswith("ok") else (170, 0, 0) for n in notes]
+    return captioned_grid(pil, notes, cols=per_prompt, scale=scale, row_captions=prompts, colours=colours,
+                          max_lines=3)
 
 
 def png_base64(image: Image.Image) -> str:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from t2i.checkpoint import atomic_write_json, resolve_component, save_component
 from t2i.config import config_to_dict, replace
 from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
+from t2i.imaging import image_grid
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
 from t2i.text_encoder import TextEncoder
 from t2i.train.loop import (
@@ -192,8 +192,7 @@ class UNetStage(Stage):
         images = pipe(self.sample_captions, num_images=2, steps=20, seed=0)
         pipe.unet.train(was_training)
         self.text_encoder.eval()
-        grid = make_grid(images, cols=4)
-        grid.save(path)
+        image_grid(images, cols=4).save(path)
         (path.with_suffix(".txt")).write_text("\n".join(self.sample_captions) + "\n")
 
     def finish(self, ctx):
@@ -213,15 +212,6 @@ class UNetStage(Stage):
         metrics = {"parameters": sum(p.numel() for p in ctx.ema("unet").parameters())}
         atomic_write_json(unet_dir / "metrics.json", metrics)
         return metrics
-
-
-def make_grid(images: list[Image.Image], cols: int) -> Image.Image:
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid
 
 
 # -- CLI ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.func import functional_call
 
 from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import replace
+from t2i.imaging import image_grid, tensor_to_pil
 from t2i.models.vae import VAE, VAEConfig
 from t2i.models.vae_losses import (
     DiscriminatorConfig,
@@ -298,19 +299,8 @@ def _batches(dataset, indices: list[int], device, batch_size: int = 64):
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
     """(N, 3, H, W) in [-1, 1] -> a PNG grid with `nrow` images per row and a 2px border."""
-    from PIL import Image
-
-    N, C, H, W = images.shape
-    rows = (N + nrow - 1) // nrow
-    pad = 2
-    grid = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, 3), 255, dtype=np.uint8)
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        y, x = pad + r * (H + pad), pad + c * (W + pad)
-        grid[y : y + H, x : x + W] = pixels[i]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    image_grid(tensor_to_pil(images), cols=nrow, gap=2, margin=2).save(path)
 
 
 def _preset_dict(p: VAEPreset) -> dict:
