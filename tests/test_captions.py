@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from t2i.attributes import ATTRIBUTE_INDEX as IDX
-from t2i.attributes import CELEBA_ATTRIBUTES
+from t2i.attributes import CELEBA_ATTRIBUTES, RENDERED_ATTRIBUTES
 from t2i.data.captions import (
     CAPTIONED_ATTRIBUTES,
     MAX_WORDS,
-    RENDERED_ATTRIBUTES,
     VOCAB,
     build_captions,
     caption_mentions,

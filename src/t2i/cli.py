@@ -15,7 +15,7 @@ import sys
 # app) cannot break unrelated commands.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("t2i.data.synthfaces", "generate a SynthFaces dataset in CelebA's layout"),
-    ("data", "captions"): ("t2i.data.captions", "write captions.json from the attribute file"),
+    ("data", "captions"): ("t2i.data.write_captions", "write captions.json from the attribute file"),
     ("data", "show"): ("t2i.data.show", "print a dataset summary and save a captioned grid"),
     ("train", "vae"): ("t2i.train.vae", "stage 1: train the KL-VAE"),
     ("train", "clip"): ("t2i.train.clip", "stage 2: train the tokenizer and CLIP"),

@@ -17,7 +17,6 @@ Conventions:
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -178,15 +177,6 @@ CAPTIONED_ATTRIBUTES: tuple[str, ...] = tuple(a for a in CELEBA_ATTRIBUTES if a 
 
 _PREFIXES = ("", "a photo of ", "a portrait of ", "a close-up of ", "a picture of ", "an image of ")
 _SKELETONS = ("sentence", "sentence", "adjective", "tags")  # drawn uniformly: half are sentences
-
-
-def __getattr__(name: str):
-    # The architecture note lists RENDERED_ATTRIBUTES here; it lives with the renderer.
-    if name == "RENDERED_ATTRIBUTES":
-        from t2i.data.synthfaces import RENDERED_ATTRIBUTES
-
-        return RENDERED_ATTRIBUTES
-    raise AttributeError(name)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -516,27 +506,3 @@ def load_captions_file(path, image_ids=None) -> dict[str, list[str]]:
         if missing:
             raise ValueError(f"{path}: no captions for {len(missing)} image(s), e.g. {missing[0]!r}")
     return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset root (any supported layout)")
-    p.add_argument("--per-image", type=int, default=5, help="captions per image (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output path (default DATA/captions.json)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from t2i.data.celeba import read_annotations
-
-    ann = read_annotations(args.data)
-    if not ann.has_attributes:
-        raise ValueError(f"{args.data}: layout {ann.layout!r} has no attribute file to caption from")
-    rows = np.where(ann.attributes > 0, 1, -1).astype(np.int8)
-    caps = build_captions(ann.image_ids, rows, seed=args.seed, per_image=args.per_image)
-    out = Path(args.out) if args.out else Path(ann.root) / "captions.json"
-    with open(out, "w") as f:
-        json.dump(caps, f, indent=0, ensure_ascii=False)
-    first = next(iter(caps.values()))
-    print(f"wrote {len(caps)} x {args.per_image} captions to {out}")
-    print(f"  e.g. {first[0]!r}")
-    return 0

@@ -36,6 +36,7 @@ from PIL import Image
 
 from t2i.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.data.annotations import Annotations, inside, read_lines
+from t2i.data.captions import caption_rng, captions_for, load_captions_file, varied_attributes
 from t2i.data.options import DataOptions, split_of
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -245,8 +246,6 @@ def _load_or_none(args: tuple[str | bytes, int]) -> np.ndarray | None:
 
 
 def _caption_fallback(attrs01: np.ndarray, varied: tuple[str, ...], seed: int, image_id: str) -> list[str]:
-    from t2i.data.captions import caption_rng, captions_for
-
     return captions_for(np.where(attrs01 > 0, 1, -1), caption_rng(seed, image_id), 5, varied)
 
 
@@ -255,8 +254,6 @@ class _LazyCaptions:
     images; generating them all up front would cost seconds nobody may need)."""
 
     def __init__(self, attrs: np.ndarray, ids: list[str], seed: int):
-        from t2i.data.captions import varied_attributes
-
         self._attrs, self._ids, self._seed = attrs, ids, seed
         self._varied = varied_attributes(np.where(attrs > 0, 1, -1))
         self._cache: dict[int, list[str]] = {}
@@ -328,8 +325,6 @@ class FaceDataset(torch.utils.data.Dataset):
     def _load_captions(self, ann: Annotations, keep, captions, seed):
         """Captions per image, from (in order) `captions`, ROOT/captions.json, metadata.jsonl
         texts, or the attributes; sets `caption_source` to say which."""
-        from t2i.data.captions import load_captions_file
-
         default = ann.root / "captions.json"
         if captions is None and default.is_file():
             inside(ann.root, default.name, str(default), what="file")  # an explicit `captions` may be anywhere

@@ -27,17 +27,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from t2i.attributes import ATTRIBUTE_INDEX as IDX
-from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
+from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES, RENDERED_ATTRIBUTES
+from t2i.data.captions import build_captions
 
-# Attributes the renderer draws; every other column is always -1. Chosen to stay clearly
-# visible at 64x64 (see docs/data.md for the frequencies they are sampled at).
-RENDERED_ATTRIBUTES: tuple[str, ...] = (
-    "Male", "Young", "Smiling", "Mouth_Slightly_Open", "Eyeglasses",
-    "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald",
-    "Bangs", "Wavy_Hair", "Mustache", "No_Beard", "Wearing_Hat",
-    "Wearing_Lipstick", "Pale_Skin", "Wearing_Earrings", "Wearing_Necklace", "Rosy_Cheeks",
-    "Chubby",
-)
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 
 DEFAULT_SIZE = (178, 218)  # CelebA's aligned crops (width, height)
@@ -642,8 +634,6 @@ def generate(out_dir, n: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZ
     write_attribute_file(out / "list_attr_celeba.txt", ids, rows)
     with open(out / "list_eval_partition.txt", "w", newline="\n") as f:
         f.writelines(f"{i} {int(p)}\n" for i, p in zip(ids, parts))
-
-    from t2i.data.captions import build_captions  # lazy: captions re-exports our constants
 
     caps = build_captions(ids, rows, seed=seed, per_image=captions_per_image)
     with open(out / "captions.json", "w") as f:
