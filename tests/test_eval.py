@@ -240,7 +240,7 @@ def tiny_judge(synth_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_images(synth_dir):
     from t2i.data.celeba import FaceDataset
-    from t2i.train.judge import split_tensors
+    from t2i.data.tensors import split_tensors
 
     return split_tensors(FaceDataset(synth_dir, split="all", image_size=32))
 

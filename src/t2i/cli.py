@@ -10,9 +10,11 @@ import argparse
 import importlib
 import sys
 
-# (command words) -> (module, one-line help). Modules are imported only when their
-# subcommand is parsed, so `t2i --help` stays fast and a broken optional extra (the web
-# app) cannot break unrelated commands.
+from t2i.errors import run_command
+
+# (command words) -> (module, one-line help). `build_parser` imports every module (each adds
+# its own arguments); one whose optional extra is missing (the web app without gradio) still
+# shows in --help and explains itself when run, so it cannot break unrelated commands.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("t2i.data.synthfaces", "generate a SynthFaces dataset in CelebA's layout"),
     ("data", "captions"): ("t2i.data.write_captions", "write captions.json from the attribute file"),
@@ -21,7 +23,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "clip"): ("t2i.train.clip", "stage 2: train the tokenizer and CLIP"),
     ("train", "unet"): ("t2i.train.unet", "stage 3: train the conditional latent UNet"),
     ("train", "judge"): ("t2i.train.judge", "train the attribute classifier used by eval"),
-    ("train", "all"): ("t2i.train.all", "run every stage in order (resumable)"),
+    ("train", "all"): ("t2i.workflow", "run every stage in order (resumable)"),
     ("encode",): ("t2i.train.encode", "encode a dataset into a latent cache with the VAE"),
     ("generate",): ("t2i.generate", "generate images from a prompt"),
     ("live",): ("t2i.live", "interactive prompt loop that shows each image forming"),
@@ -54,10 +56,6 @@ def missing_extra_message(package: str, command: str) -> str | None:
     return f"t2i {command} needs {package}, which is not installed: pip install 't2i[{extra}]'"
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
@@ -88,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from t2i.train.loop import TrainingInterrupted
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "_module"):
@@ -99,20 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t2i: error: {args._missing}", file=sys.stderr)
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
-    except TrainingInterrupted as e:
-        print(f"t2i: {e}", file=sys.stderr)
-        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-    except CLIError as e:
-        print(f"t2i: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        # Our own code raises these with messages that name the bad path or value.
-        print(f"t2i: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("t2i: interrupted", file=sys.stderr)
-        return 130
+        return run_command(importlib.import_module(args._module).run, args)
     except ModuleNotFoundError as e:
         message = missing_extra_message((e.name or "").split(".")[0], args.command)
         if message is None:

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in files)
     print(f"wrote {out} ({len(files)} files, {size / 1e6:.1f} MB)")
     if args.push_to_hub:
-        from t2i.cli import CLIError
+        from t2i.errors import CLIError
         from t2i.hub import push_folder
 
         try:

@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2i.cli import CLIError
+    from t2i.errors import CLIError
 
     limits = Limits(max_steps=args.max_steps, max_images=args.max_images, max_prompt_chars=args.max_prompt_chars,
                     concurrency=args.concurrency, queue_size=args.queue_size)

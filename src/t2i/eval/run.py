@@ -127,7 +127,7 @@ def load_eval_data(data: str | Path, image_size: int, max_real: int,
                    data_options=None) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
     """(train rows (N_tr, 40) bool, test images (N, 3, S, S), test rows (N, 40) bool, all rows)."""
     from t2i.data.celeba import FaceDataset, read_annotations
-    from t2i.train.judge import split_tensors
+    from t2i.data.tensors import split_tensors
 
     ann = read_annotations(data, data_options)
     if not ann.has_attributes:

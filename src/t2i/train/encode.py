@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from t2i.checkpoint import CONFIG_NAME, load_component, resolve_component
+from t2i.data.celeba import FaceDataset
 from t2i.data.latents import LatentCache, LatentCacheWriter
-from t2i.data.options import add_data_arguments, data_options_from_args
+from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
 from t2i.models.vae import VAE, VAEConfig
 
 
@@ -163,26 +164,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from t2i.data.celeba import FaceDataset
-
-    out = Path(args.out)
-    vae_dir = find_vae_dir(args.vae, out)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vae, meta = load_component(vae_dir, VAE, VAEConfig, "vae", device=device)
-    image_size = args.image_size or meta.get("training", {}).get("image_size") or 64
+def encode_data(data: str | Path, out: str | Path, vae: str | None = None, split: str = "train",
+                flip: bool = False, image_size: int | None = None, batch_size: int = 128,
+                device: str | None = None, precision: str = "bf16", preload: bool = True,
+                options: DataOptions | None = None) -> LatentCache:
+    """Encode a dataset directory's `split` with the VAE (`vae`: a model dir or vae dir; default
+    found above `out`; `options`: how to read the dataset) into the latent cache at `out`, printing a
+    summary. What `t2i encode` runs."""
+    out = Path(out)
+    vae_dir = find_vae_dir(vae, out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, meta = load_component(vae_dir, VAE, VAEConfig, "vae", device=device)
+    image_size = image_size or meta.get("training", {}).get("image_size") or 64
     if meta["config"].get("latent_stats") == "untrained":
         print(f"warning: {vae_dir} has no measured latent scale/shift (latent_stats='untrained')")
-    dataset = FaceDataset(args.data, split=args.split, image_size=image_size, flip=False,
-                          preload=not args.no_preload, options=data_options_from_args(args))
+    dataset = FaceDataset(data, split=split, image_size=image_size, flip=False, preload=preload, options=options)
     cache, summary = encode_dataset(
-        vae, dataset, out, flip=args.flip, batch_size=args.batch_size, device=device,
-        precision=args.precision,
-        meta={"split": args.split, "data_root": str(Path(args.data).resolve()), "vae_dir": str(vae_dir)},
+        model, dataset, out, flip=flip, batch_size=batch_size, device=device, precision=precision,
+        meta={"split": split, "data_root": str(Path(data).resolve()), "vae_dir": str(vae_dir)},
     )
     print(f"encoded {summary['encoded']} images ({summary['images']} x {summary['variants']} variant(s)) "
           f"in {summary['seconds']} s: {summary['images_per_second']} img/s -> {out} "
           f"(latents {'x'.join(map(str, cache.latent_shape))}, vae {cache.vae_hash})")
     if summary["unreadable"]:
         print(f"warning: {summary['unreadable']} unreadable image(s) stored as grey; see index.json")
+    return cache
+
+
+def run(args: argparse.Namespace) -> int:
+    encode_data(args.data, args.out, vae=args.vae, split=args.split, flip=args.flip, image_size=args.image_size,
+                batch_size=args.batch_size, device=args.device, precision=args.precision,
+                preload=not args.no_preload, options=data_options_from_args(args))
     return 0

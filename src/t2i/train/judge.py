@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from t2i.attributes import CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import config_to_dict, replace
+from t2i.data.tensors import split_tensors
 from t2i.models.judge import Judge, JudgeConfig, balanced_accuracy
 from t2i.train.loop import (
     LoopConfig,
@@ -78,17 +79,6 @@ def trained_attribute_mask(attributes: np.ndarray, min_rate: float) -> np.ndarra
     """(40,) bool: attributes whose rarer value has a share >= min_rate in `attributes` (N, 40)."""
     rate = np.asarray(attributes, dtype=np.float64).mean(axis=0) if len(attributes) else np.zeros(NUM_ATTRIBUTES)
     return (rate >= min_rate) & (rate <= 1 - min_rate) & (rate > 0) & (rate < 1)
-
-
-def split_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All readable items of a FaceDataset (in order) as (images (N,3,S,S) in [-1,1], attributes (N,40))."""
-    n = len(dataset) if limit is None else min(len(dataset), limit)
-    items = [dataset[i] for i in range(n)]
-    items = [x for x in items if x is not None]
-    if not items:
-        S = dataset.image_size
-        return torch.zeros(0, 3, S, S), torch.zeros(0, NUM_ATTRIBUTES)
-    return torch.stack([x["image"] for x in items]), torch.stack([x["attributes"] for x in items])
 
 
 def attribute_report(probs: torch.Tensor, attributes: torch.Tensor, names: list[str]) -> dict:

@@ -39,6 +39,7 @@ from t2i.config import (
     replace,
 )
 from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
+from t2i.errors import TrainingInterrupted
 
 # Rank 0 alone renders sample grids, saves components and runs a stage's `finish` (which may
 # evaluate) while the other ranks wait at a barrier; an encode before multi-process UNet
@@ -138,17 +139,6 @@ class Stage:
     def finish(self, ctx: Context) -> dict:
         """Main process only, after the last step: save the component, return metrics."""
         return {}
-
-
-class TrainingInterrupted(Exception):
-    """Raised after SIGINT/SIGTERM once the checkpoint is safely written."""
-
-    def __init__(self, step: int, signum: int, checkpoint: Path | None):
-        self.step, self.signum, self.checkpoint = step, signum, checkpoint
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved at "
-            f"{checkpoint}. Run the same command again to resume."
-        )
 
 
 class EMA:

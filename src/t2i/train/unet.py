@@ -25,6 +25,7 @@ from t2i.diffusion.schedule import NoiseSchedule
 from t2i.imaging import image_grid
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
 from t2i.text_encoder import TextEncoder
+from t2i.train.encode import encode_data, load_vae
 from t2i.train.loop import (
     LoopConfig,
     Stage,
@@ -179,8 +180,6 @@ class UNetStage(Stage):
 
     def _pipeline(self, ctx):
         from t2i.pipeline import T2IPipeline
-        from t2i.train.encode import load_vae
-
         vae = load_vae(self.vae_dir, device=ctx.device)
         return T2IPipeline(vae, self.text_encoder, ctx.ema("unet"), self.schedule, self.cfg.diffusion.prediction,
                            self.image_size).to(ctx.device)
@@ -248,9 +247,6 @@ def config_from_args(args: argparse.Namespace, base: UNetStageConfig | None = No
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2i.data.options import data_option_argv
-    from t2i.train.encode import load_vae
-
     out = Path(args.out)
     recipe = stage_recipe(args, "unet", PRESETS)
     recipe["unet"] = cfg = config_from_args(args, recipe["unet"])
@@ -262,13 +258,8 @@ def run(args: argparse.Namespace) -> int:
     # a barrier, then they find it complete (--out on a filesystem all ranks share).
     with distributed_state().main_process_first():
         if not (cache_dir / "index.json").is_file():
-            from t2i.cli import main
-
             print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
-            argv = ["encode", "--vae", str(vae_dir), "--data", args.data, "--out", str(cache_dir), "--flip",
-                    *data_option_argv(recipe["data"])]
-            if main(argv) != 0:
-                raise RuntimeError(f"could not build the latent cache at {cache_dir}")
+            encode_data(args.data, cache_dir, vae=str(vae_dir), flip=True, options=recipe["data"])
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
     metrics = train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, out)

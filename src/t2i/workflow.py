@@ -19,7 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2i import __version__
+from t2i.attributes import CELEBA_ATTRIBUTES
 from t2i.checkpoint import INDEX_NAME, atomic_write_json, read_model_index
+from t2i.config import config_to_dict
+from t2i.data.celeba import FaceDataset
+from t2i.data.options import DataOptions
+from t2i.errors import CLIError, run_command
+from t2i.eval import run as eval_run
+from t2i.eval.report import eval_headline
+from t2i.train import clip, encode, judge, unet, vae
+
+# Each stage's `t2i` command words and the module that runs it.
+STAGE_COMMANDS = {
+    "vae": (("train", "vae"), vae), "clip": (("train", "clip"), clip), "encode": (("encode",), encode),
+    "unet": (("train", "unet"), unet), "judge": (("train", "judge"), judge), "eval": (("eval",), eval_run),
+}
 
 
 @dataclass
@@ -56,25 +70,16 @@ def plan(data: str, out: str, preset: str, seed: int, max_steps: int | None = No
 def preset_config(stage: str, preset: str) -> dict:
     """A stage's preset as plain data. It is part of the stage's fingerprint, so a recipe that
     changed (say, in a new t2i release) retrains the stage instead of reusing stale weights."""
-    import importlib
-
-    from t2i.config import config_to_dict
-
-    module = {"vae": "t2i.train.vae", "clip": "t2i.train.clip", "unet": "t2i.train.unet",
-              "judge": "t2i.train.judge", "eval": "t2i.eval.run"}.get(stage)
-    presets = importlib.import_module(module).PRESETS if module else {}
+    presets = getattr(STAGE_COMMANDS[stage][1], "PRESETS", {})
     config = presets.get(preset, {})
     return config if isinstance(config, dict) else config_to_dict(config)
 
 
 def recipe_bases(preset: str) -> dict:
     """Every section of a recipe, as the preset has them."""
-    from t2i.data.options import DataOptions
-    from t2i.eval.run import recipe_bases as eval_bases
-    from t2i.train import clip, judge, unet, vae
-
     return {"data": DataOptions(), "vae": vae.PRESETS[preset], "clip": clip.PRESETS[preset],
-            "unet": unet.PRESETS[preset], "judge": judge.PRESETS[preset], "eval": eval_bases(preset)["eval"]}
+            "unet": unet.PRESETS[preset], "judge": judge.PRESETS[preset],
+            "eval": eval_run.recipe_bases(preset)["eval"]}
 
 
 def data_fingerprint(data: Path) -> str:
@@ -88,9 +93,6 @@ def data_fingerprint(data: Path) -> str:
 
 
 def check_data(data: Path) -> dict:
-    from t2i.attributes import CELEBA_ATTRIBUTES
-    from t2i.data.celeba import FaceDataset
-
     summary = {}
     for split in ("train", "val", "test"):
         ds = FaceDataset(data, split=split)
@@ -105,10 +107,18 @@ def check_data(data: Path) -> dict:
     return summary
 
 
+def run_stage(spec: StageSpec) -> int:
+    """Run a stage's command with its arguments (`spec.argv`); returns its exit code."""
+    words, module = STAGE_COMMANDS[spec.name]
+    if tuple(spec.argv[: len(words)]) != words:
+        raise ValueError(f"stage {spec.name}: expected `t2i {' '.join(words)} ...`, got {spec.argv}")
+    parser = argparse.ArgumentParser(prog="t2i " + " ".join(words))
+    module.add_arguments(parser)
+    return run_command(module.run, parser.parse_args(spec.argv[len(words) :]))
+
+
 def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ...] = (),
             max_steps: int | None = None) -> dict:
-    from t2i.cli import main
-
     data_path, out_path = Path(data), Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     index_path = out_path / INDEX_NAME
@@ -149,14 +159,12 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
             atomic_write_json(index_path, index)
         print(f"[all] {spec.name}: t2i {' '.join(spec.argv)}")
         start = time.perf_counter()
-        code = main(spec.argv)
+        code = run_stage(spec)
         seconds = time.perf_counter() - start
         # Time spent counts even when the stage stopped: "in total" includes interrupted runs.
         record["seconds"] = round(record.get("seconds", 0.0) + seconds, 1)
         atomic_write_json(index_path, index)
         if code != 0:
-            from t2i.cli import CLIError
-
             raise CLIError(f"stage {spec.name} stopped with exit code {code}; run the same command again "
                            "to resume it")
         record["finished"] = time.time()
@@ -174,8 +182,6 @@ def _stage_metrics(out: Path, name: str) -> dict:
         return {}
     data = json.loads(path.read_text())
     if name == "eval":
-        from t2i.eval.report import eval_headline
-
         return eval_headline(data)
     return data
 
