@@ -324,9 +324,9 @@ def test_attribute_prompt_pairs_differ_only_in_that_attribute():
     import numpy as np
 
     from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
+    from t2i.data.caption_edits import attribute_prompt_pair
     from t2i.data.captions import VOCAB, caption_mentions
     from t2i.data.synthfaces import RENDERED_ATTRIBUTES
-    from t2i.train.clip import attribute_prompt_pair
 
     attrs = np.zeros(NUM_ATTRIBUTES, dtype=np.float32)
     for a in ("Male", "Young", "Smiling", "Black_Hair", "No_Beard"):

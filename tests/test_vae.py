@@ -259,10 +259,11 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     # The stored stats normalise the training latents: on the images they were measured on,
     # (z - shift) * scale has mean 0 and std 1 per channel.
     from t2i.data.celeba import FaceDataset
-    from t2i.train.vae import LatentStats, _spread
+    from t2i.data.tensors import spread_indices
+    from t2i.train.vae import LatentStats
 
     ds = FaceDataset(synth_dir, split="train", image_size=32, flip=True)  # as in training
-    idx = _spread(len(ds), metrics["latent_stats_images"])
+    idx = spread_indices(len(ds), metrics["latent_stats_images"])
     x = torch.stack([ds[i]["image"] for i in idx])
     with torch.no_grad():
         post = vae.encode(x)

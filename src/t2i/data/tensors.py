@@ -1,10 +1,18 @@
-"""A dataset split held in memory as tensors: the labelled images the judge and eval score."""
+"""Picking and stacking dataset items: evenly spread samples, and a split held in memory as
+tensors (the labelled images the judge and eval score)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from t2i.attributes import NUM_ATTRIBUTES
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (deterministic, covers the whole set)."""
+    k = min(k, n)
+    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k else []
 
 
 def split_tensors(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,20 +9,9 @@
    hard-negative captions (one attribute flipped to a false claim) and an auxiliary
    attribute loss on the image embedding. With several processes, features are gathered
    (with gradients) so the loss sees the global batch.
-3. Evaluate on the validation split (`evaluate`) and write MODEL_DIR/clip/{config.json,
+3. Evaluate on the validation split (`t2i.train.clip_metrics.evaluate`: zero-shot attribute
+   accuracy, retrieval R@1/R@5; see docs/clip.md) and write MODEL_DIR/clip/{config.json,
    model.safetensors, metrics.json}.
-
-Metrics (all on validation images; see docs/clip.md):
-- zero-shot attribute accuracy: for each captioned attribute that varies, score every image
-  against two prompts that differ *only* in that attribute (the image's own complete caption
-  with the attribute set, and with it unset -- denied explicitly where training captions
-  would deny it: "..., without eyeglasses"); correct when the prompt matching the image's
-  true value scores higher. Reported per attribute (accuracy and class-balanced accuracy) and
-  as means.
-- retrieval R@1/R@5 over unique captions, text->image and image->text, for the complete
-  canonical captions and for the dataset's own (partial) captions. A hit is an item with the
-  same attribute vector; for partial captions also "consistent" (the image has every
-  attribute the caption asserts).
 """
 
 from __future__ import annotations
@@ -33,7 +22,6 @@ import hashlib
 import json
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +33,12 @@ from torch import nn
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
 from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import replace
+from t2i.data.caption_edits import hard_negative_caption
+from t2i.data.captions import varied_attributes
+from t2i.data.celeba import FaceDataset
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
+from t2i.train.clip_metrics import evaluate
 from t2i.train.loop import (
     Context,
     LoopConfig,
@@ -59,7 +51,7 @@ from t2i.train.loop import (
     stage_recipe,
     train,
 )
-from t2i.vocabulary import VOCABULARY_NAME, Vocabulary
+from t2i.train.tokenizer import ensure_tokenizer
 
 LOSSES = ("multipos", "infonce")
 
@@ -307,237 +299,6 @@ def _gather(img, txt, keys, owner, source, attrs, text_attrs):
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _spread(n: int, k: int) -> list[int]:
-    k = min(k, n)
-    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k else []
-
-
-@torch.no_grad()
-def _text_features(model: CLIP, tokenizer: CaptionTokenizer, prompts: list[str], device,
-                   batch_size: int = 512) -> torch.Tensor:
-    feats = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = tokenizer.encode(prompts[i : i + batch_size])
-        L = int(mask.sum(dim=1).max())
-        feats.append(model.encode_text(ids[:, :L].to(device), mask[:, :L].to(device))[1].float())
-    return F.normalize(torch.cat(feats), dim=-1)
-
-
-@torch.no_grad()
-def _image_features(model: CLIP, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
-    feats = [model.encode_image(images[i : i + batch_size].to(device)).float()
-             for i in range(0, len(images), batch_size)]
-    return F.normalize(torch.cat(feats), dim=-1)
-
-
-def _recall(sim: torch.Tensor, hit: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """sim (Q, G) scores; hit (Q, G) bool: which gallery items count as correct for a query.
-    R@k = fraction of queries with a correct item among their k best-scored."""
-    out = {}
-    for k in ks:
-        top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (Q, k)
-        out[f"r{k}"] = round(float(hit.gather(1, top).any(dim=1).float().mean()), 4)
-    return out
-
-
-@torch.no_grad()
-def evaluate(model: CLIP, tokenizer: CaptionTokenizer, dataset, varied: tuple[str, ...],
-             eval_images: int = 1000, zeroshot_images: int = 500, device="cpu") -> dict:
-    """Retrieval and zero-shot attribute metrics on `dataset` (see the module docstring)."""
-    from t2i.data.captions import caption_mentions, complete_caption
-
-    model.eval()
-    idx = _spread(len(dataset), max(eval_images, zeroshot_images))
-    items = [dataset[i] for i in idx]
-    items = [it for it in items if it is not None]
-    if not items:
-        return {"val_images": 0}
-    images = torch.stack([it["image"] for it in items])  # (N, 3, S, S)
-    attrs = torch.stack([it["attributes"] for it in items]) > 0  # (N, 40) bool
-    captions = [it["caption"] for it in items]
-    img_feat = _image_features(model, images, device)
-    cols = [ATTRIBUTE_INDEX[a] for a in varied]
-    # The attribute vector that captions can express; without labels, each image's own index
-    # (a hit is then the image itself or one with an identical caption).
-    key = attrs[:, cols] if cols else torch.arange(len(items))[:, None]
-    metrics: dict = {"val_images": len(items), "attributes": list(varied)}
-
-    # -- retrieval (first eval_images images)
-    n = min(eval_images, len(items))
-    same = (key[:n, None, :] == key[None, :n, :]).all(-1)  # (n, n) same attribute vector
-    # Captions made from attributes ("complete") and attribute-consistency need attribute labels.
-    for kind in ("complete", "dataset") if cols else ("dataset",):
-        if kind == "complete":
-            caps = [complete_caption(a.numpy().astype(np.float32), attributes=varied) for a in attrs[:n]]
-        else:
-            caps = captions[:n]
-        unique = sorted(set(caps))
-        col = {c: j for j, c in enumerate(unique)}
-        owner = torch.zeros(len(unique), n, dtype=torch.bool)  # caption j was drawn for image i
-        for i, c in enumerate(caps):
-            owner[col[c], i] = True
-        txt_feat = _text_features(model, tokenizer, unique, device)
-        sim = txt_feat @ img_feat[:n].t()  # (U, n)
-        # A hit: an image whose attribute vector equals that of an image the caption belongs to.
-        t2i_hit = (owner.float() @ same.float()) > 0  # (U, n)
-        res = {"unique_captions": len(unique)}
-        res.update({f"t2i_{k}": v for k, v in _recall(sim, t2i_hit).items()})
-        res.update({f"i2t_{k}": v for k, v in _recall(sim.t(), t2i_hit.t()).items()})
-        if kind == "dataset" and cols:
-            # Consistent: the image has every attribute value the caption asserts.
-            consistent = torch.ones(len(unique), n, dtype=torch.bool)
-            for j, c in enumerate(unique):
-                for a, v in caption_mentions(c).items():
-                    consistent[j] &= attrs[:n, ATTRIBUTE_INDEX[a]] == v
-            res.update({f"t2i_consistent_{k}": v for k, v in _recall(sim, consistent).items()})
-            res.update({f"i2t_consistent_{k}": v for k, v in _recall(sim.t(), consistent.t()).items()})
-        metrics[f"retrieval_{kind}"] = res
-
-    # -- zero-shot attribute accuracy (first zeroshot_images images)
-    m = min(zeroshot_images, len(items))
-    per_attr = {}
-    for a in varied:
-        j = ATTRIBUTE_INDEX[a]
-        truth = attrs[:m, j]
-        if truth.all() or not truth.any():
-            continue  # does not vary among these images
-        prompts = []
-        for v in attrs[:m]:
-            prompts += list(attribute_prompt_pair(v.numpy().astype(np.float32), a, varied))
-        feats = _text_features(model, tokenizer, prompts, device).view(m, 2, -1)  # (m, [with, without], E)
-        scores = (feats * img_feat[:m, None, :]).sum(-1)  # (m, 2)
-        pred = scores[:, 0] > scores[:, 1]
-        correct = pred == truth
-        per_attr[a] = {
-            "accuracy": round(float(correct.float().mean()), 4),
-            "balanced_accuracy": round(0.5 * (float(correct[truth].float().mean())
-                                              + float(correct[~truth].float().mean())), 4),
-            "positives": int(truth.sum()), "images": m,
-        }
-    metrics["zeroshot"] = per_attr
-    if per_attr:
-        metrics["zeroshot_mean_accuracy"] = round(float(np.mean([r["accuracy"] for r in per_attr.values()])), 4)
-        metrics["zeroshot_mean_balanced_accuracy"] = round(
-            float(np.mean([r["balanced_accuracy"] for r in per_attr.values()])), 4)
-        metrics["zeroshot_min_accuracy"] = min(r["accuracy"] for r in per_attr.values())
-    return metrics
-
-
-# Attributes that exclude each other (one hair colour, or none when bald).
-EXCLUSIVE_GROUPS = (("Bald", "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"),)
-
-
-def _exclusive_with(attribute: str) -> tuple[str, ...]:
-    for group in EXCLUSIVE_GROUPS:
-        if attribute in group:
-            return tuple(a for a in group if a != attribute)
-    return ()
-
-
-def _deniable(attribute: str, attrs: np.ndarray) -> bool:
-    """Whether training captions may deny `attribute` for a face with attribute vector `attrs`
-    (where it has its non-salient value): the caption generator's own rule."""
-    from t2i.data.captions import negatable_attributes
-
-    return attribute in negatable_attributes(attrs, (attribute,))
-
-
-def attribute_prompt_pair(attrs: np.ndarray, attribute: str, varied: tuple[str, ...]) -> tuple[str, str]:
-    """(prompt with `attribute` set, prompt with it unset) for one image: the image's complete
-    canonical caption with only that attribute changed. The unset side denies the attribute
-    explicitly ("without eyeglasses", "clean-shaven") where training captions would (not hair
-    words: "no black hair" never occurs in them; not "a woman without a mustache"). For a
-    hair colour or Bald, the other members of that exclusive group are left out of both
-    prompts (else the "set" prompt of a grey-haired face would read "black gray hair")."""
-    from t2i.data.captions import VOCAB, complete_caption
-
-    j = ATTRIBUTE_INDEX[attribute]
-    on, off = attrs.copy(), attrs.copy()
-    on[j], off[j] = 1.0, 0.0
-    for other in _exclusive_with(attribute):  # no "black gray hair": one hair colour at a time
-        on[ATTRIBUTE_INDEX[other]] = off[ATTRIBUTE_INDEX[other]] = 0.0
-    # Which side has the non-salient value (normally "off"; for No_Beard, +1 = no beard).
-    neg_side = "off" if VOCAB[attribute].salient else "on"
-    deny = _deniable(attribute, off if neg_side == "off" else on)
-    p_on = complete_caption(on, attributes=varied, negate=(attribute,) if deny and neg_side == "on" else ())
-    p_off = complete_caption(off, attributes=varied, negate=(attribute,) if deny and neg_side == "off" else ())
-    return p_on, p_off
-
-
-def hard_negative_caption(attrs: np.ndarray, caption: str, varied: tuple[str, ...],
-                          rng: random.Random) -> tuple[str, np.ndarray]:
-    """A false caption for an image: `caption`'s claims with one attribute of `varied` flipped
-    and stated explicitly (added when `caption` did not mention it). Returns (caption, the
-    attribute vector it describes, (40,) float32 {0,1}). The flipped value must be sayable:
-    a present attribute ("with glasses"), a two-sided one ("a woman"), or an absent one that
-    training captions deny ("without glasses") -- omitting a phrase would claim nothing, and
-    a denial that only ever occurs in false captions would be a shortcut."""
-    from t2i.data.captions import TWO_SIDED, VOCAB, caption_mentions, complete_caption
-
-    on = np.asarray(attrs, dtype=np.float32).reshape(-1) > 0
-
-    def flipped(a: str) -> np.ndarray:
-        v = on.astype(np.float32)
-        v[ATTRIBUTE_INDEX[a]] = 1.0 - v[ATTRIBUTE_INDEX[a]]
-        return v
-
-    candidates = [a for a in varied
-                  if a in TWO_SIDED or (not on[ATTRIBUTE_INDEX[a]]) == VOCAB[a].salient
-                  or _deniable(a, flipped(a))]
-    if not candidates:
-        raise ValueError(f"no attribute of {varied} can be flipped into a false claim")
-    a = rng.choice(candidates)
-    v = flipped(a)
-    said = caption_mentions(caption)
-    if v[ATTRIBUTE_INDEX[a]]:  # a new hair colour (or baldness) replaces the old one
-        for other in _exclusive_with(a):
-            v[ATTRIBUTE_INDEX[other]] = 0.0
-            said.pop(other, None)
-    mention = set(said) | {a}
-    # Non-salient values are only said as explicit denials: keep the caption's, add the flip's.
-    negate = [b for b in mention if b not in TWO_SIDED and VOCAB[b].neg
-              and bool(v[ATTRIBUTE_INDEX[b]]) != VOCAB[b].salient and (b in said or b == a)]
-    text = complete_caption(v, rng=rng, negate=sorted(negate), attributes=sorted(mention))
-    return text, v
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def ensure_tokenizer(out: Path, train_set, preset: ClipPreset) -> CaptionTokenizer:
-    """Load OUT/tokenizer.json, or train it on the training captions and save it there. The
-    words of those captions, with counts, go to OUT/vocabulary.json (written if missing), so
-    the pipeline can tell a user which words of a prompt the model never saw."""
-    path, vocab_path = out / "tokenizer.json", out / VOCABULARY_NAME
-    corpus: list[str] = []
-    if not (path.is_file() and vocab_path.is_file()):
-        corpus = [c for i in _spread(len(train_set), preset.tokenizer_images) for c in train_set.captions[i]]
-    if not vocab_path.is_file() and corpus:
-        vocab = Vocabulary.from_captions(corpus)
-        vocab.save(vocab_path)
-        print(f"[clip] vocabulary: {len(vocab)} distinct words in {len(corpus)} captions -> {vocab_path}")
-    if path.is_file():
-        tok = CaptionTokenizer.from_file(path)
-        print(f"[clip] tokenizer: {path} ({tok.vocab_size} tokens, context {tok.context_length})")
-        return tok
-    if not corpus:
-        raise ValueError("no training captions to train the tokenizer on")
-    tok = CaptionTokenizer.train(corpus, vocab_size=preset.vocab_size, context_length=preset.context_length)
-    longest = max(tok.num_tokens(c) for c in corpus)
-    if longest > tok.context_length:
-        warnings.warn(f"the longest training caption has {longest} tokens, more than the context "
-                      f"length {tok.context_length}; such captions are truncated", stacklevel=2)
-    tok.save(path)
-    print(f"[clip] trained tokenizer on {len(corpus)} captions: {tok.vocab_size} tokens, longest "
-          f"caption {longest} tokens (context {tok.context_length}) -> {path}")
-    return tok
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -574,9 +335,6 @@ def preset_from_args(args: argparse.Namespace, base: ClipPreset | None = None) -
 def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: bool = True,
                data_options=None) -> dict:
     """Train the tokenizer (if missing) and CLIP on `data` into `out`; returns the metrics."""
-    from t2i.data.captions import varied_attributes
-    from t2i.data.celeba import FaceDataset
-
     data, out = Path(data), Path(out)
     if preset.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
@@ -592,7 +350,7 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
     if val_set is None or len(val_set) == 0:
         val_set = FaceDataset(data, split="train", image_size=preset.image_size, preload=preload,
                               options=data_options)
-    tokenizer = ensure_tokenizer(out, train_set, preset)
+    tokenizer = ensure_tokenizer(out, train_set, preset.vocab_size, preset.context_length, preset.tokenizer_images)
     varied = varied_attributes(np.where(train_set.attributes > 0, 1, -1)) if train_set.has_attributes else ()
     stage = ClipStage(preset, tokenizer, val_set, varied, attribute_rates=train_set.attributes.mean(axis=0))
     metrics = train(stage, train_set, preset.loop, out)
@@ -611,5 +369,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PRESETS", "ClipPreset", "ClipStage", "evaluate", "attribute_prompt_pair", "train_clip",
-           "ensure_tokenizer", "caption_key"]
+__all__ = ["PRESETS", "ClipPreset", "ClipStage", "train_clip", "caption_key"]

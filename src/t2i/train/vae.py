@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.func import functional_call
 
 from t2i.checkpoint import atomic_write_json, save_component
 from t2i.config import replace
+from t2i.data.tensors import spread_indices
 from t2i.imaging import image_grid, tensor_to_pil
 from t2i.models.vae import VAE, VAEConfig
 from t2i.models.vae_losses import (
@@ -188,14 +188,14 @@ class VAEStage(Stage):
         vae = ctx.ema("vae").eval()
         p = self.preset
         t0 = time.perf_counter()
-        stats_idx = _spread(len(self.train_set), p.stats_images)
+        stats_idx = spread_indices(len(self.train_set), p.stats_images)
         shift, scale, summary = latent_stats(vae, _batches(self.train_set, stats_idx, ctx.device))
         vae.set_latent_stats(shift, scale, how="posterior_samples")
         metrics = {"latent_stats_images": len(stats_idx), "latent": summary}
         # Without a validation split, PSNR/SSIM are measured on training images (and say so).
         has_val = self.val_set is not None and len(self.val_set) > 0
         eval_set = self.val_set if has_val else self.train_set
-        val_idx = _spread(len(eval_set), p.val_images)
+        val_idx = spread_indices(len(eval_set), p.val_images)
         metrics.update(evaluate(vae, _batches(eval_set, val_idx, ctx.device)),
                        metrics_split="val" if has_val else "train")
         metrics.update(params=vae.num_params(), eval_seconds=round(time.perf_counter() - t0, 1),
@@ -280,12 +280,6 @@ def evaluate(vae: VAE, batches) -> dict:
     return {"val_images": count, "psnr": round(psnr / count, 3), "ssim": round(ssim / count, 4),
             "normalized_latent_mean": [round(v, 4) for v in mu.tolist()],
             "normalized_latent_std": [round(v, 4) for v in sd.tolist()]}
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k indices spread evenly over range(n) (deterministic, covers the whole set)."""
-    k = min(k, n)
-    return np.linspace(0, n - 1, k).round().astype(int).tolist() if k else []
 
 
 def _batches(dataset, indices: list[int], device, batch_size: int = 64):
