@@ -11,40 +11,121 @@ from t2i.cli import COMMANDS, build_parser, main
 SRC = Path(__file__).resolve().parents[1] / "src" / "t2i"
 
 
-def imports_of(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module `path` imports anywhere in its code (function-local imports included),
+    resolved to the most specific t2i module: `from t2i.train import clip` -> t2i.train.clip."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.relative_to(SRC)}: relative import; write t2i.... in full"
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                names.add(sub if sub in MODULES else node.module)
     return names
 
 
-def modules_under(rel: str) -> list[Path]:
-    p = SRC / rel
-    return sorted(p.rglob("*.py")) if p.is_dir() else [p]
+def imports_of(path: Path) -> set[str]:
+    """The t2i modules `path` imports."""
+    return {n for n in imported_names(path) if n == "t2i" or n.startswith("t2i.")}
 
 
-RULES = [
-    # (modules, forbidden import prefixes)
-    ("diffusion", ("t2i.models", "t2i.data", "t2i.train", "t2i.pipeline")),
-    ("models", ("t2i.data", "t2i.train", "t2i.pipeline", "t2i.eval", "t2i.app")),
-    ("pipeline.py", ("t2i.data", "t2i.train", "t2i.eval", "t2i.app")),
-    ("text_encoder.py", ("t2i.data", "t2i.train")),
-    ("checkpoint.py", ("t2i.data", "t2i.train", "t2i.pipeline")),
-    ("app", ("t2i.train", "t2i.eval", "t2i.models", "t2i.diffusion")),
-    ("prompt_syntax.py", ("t2i.", "torch", "numpy")),  # pure text
-    ("hub.py", ("t2i.",)),  # huggingface_hub only: the pipeline imports it
-    ("export.py", ("t2i.data", "t2i.train", "t2i.app")),
-]
+def part_of(module: str) -> str:
+    """t2i.data.celeba -> "data"; t2i.pipeline -> "pipeline"; t2i -> "__init__"."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
-@pytest.mark.parametrize("where,forbidden", RULES, ids=[r[0] for r in RULES])
-def test_imports_flow_one_way(where, forbidden):
-    for path in modules_under(where):
-        bad = [m for m in imports_of(path) if m.startswith(forbidden)]
-        assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+# Each part of t2i, lowest layer first, and the parts (or single modules: "data.captions") it
+# may import besides itself and the package root (`__version__`). A part may import only parts
+# listed above it, so imports flow one way; `cli` is at the top and only `python -m t2i`
+# (`__main__`) imports it.
+FOUNDATION = ("attributes", "config", "errors", "imaging", "prompt_syntax", "tokenizer")
+MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "__init__": (),
+    "attributes": (),
+    "config": (),
+    "errors": (),
+    "imaging": (),
+    "prompt_syntax": (),
+    "tokenizer": (),
+    "checkpoint": ("config",),
+    "diffusion": (),  # samplers take a callable: never the networks
+    "models": ("attributes", "config"),
+    "data": ("attributes", "config", "imaging"),
+    "text_encoder": ("checkpoint", "models", "tokenizer"),
+    "pipeline": ("checkpoint", "diffusion", "imaging", "models", "text_encoder"),  # never data or train
+    "train": (*FOUNDATION, "checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),
+    "eval": (*FOUNDATION, "checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),
+    "generate": ("attributes", "data.captions", "imaging", "pipeline"),
+    # The web app: the pipeline, plus the pure-text caption vocabulary for its attribute checkboxes.
+    "app": ("attributes", "checkpoint", "data.captions", "errors", "imaging", "pipeline"),
+    "live": ("app", "attributes", "data.captions", "generate", "imaging", "pipeline"),
+    "workflow": (*FOUNDATION, "checkpoint", "data", "eval", "train"),
+    "cli": ("errors",),  # the subcommand modules are named in COMMANDS and imported by name
+    "__main__": ("cli",),  # `python -m t2i`
+}
+
+
+def may_import(part: str, module: str) -> bool:
+    for allowed in ("__init__", part, *MAY_IMPORT[part]):
+        if module == f"t2i.{allowed}" or ("." not in allowed and part_of(module) == allowed):
+            return True
+    return False
+
+
+def test_every_part_has_a_rule():
+    parts = {part_of(m) for m in MODULES}
+    assert parts == set(MAY_IMPORT), f"without a rule: {parts - set(MAY_IMPORT)}; stale: {set(MAY_IMPORT) - parts}"
+    order = list(MAY_IMPORT)
+    for part, allowed in MAY_IMPORT.items():
+        for other in allowed:  # one way: a part imports only parts listed above it
+            assert order.index(other.split(".")[0]) < order.index(part), f"{part} may import {other}, listed below it"
+
+
+@pytest.mark.parametrize("part", list(MAY_IMPORT))
+def test_imports_flow_one_way(part):
+    for name, path in MODULES.items():
+        if part_of(name) == part:
+            bad = sorted(m for m in imports_of(path) if not may_import(part, m))
+            assert not bad, f"{path.relative_to(SRC)} ({part}) imports {bad}; it may import {MAY_IMPORT[part]}"
+
+
+def test_no_import_cycle():
+    graph = {m: sorted(imports_of(p) & set(MODULES)) for m, p in MODULES.items()}
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        if module in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(module):] + [module]))
+        if module not in done:
+            for dep in graph[module]:
+                visit(dep, stack + [module])
+            done.add(module)
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_prompt_syntax_is_pure_text():
+    bad = sorted(n for n in imported_names(SRC / "prompt_syntax.py") if n.split(".")[0] in ("t2i", "torch", "numpy"))
+    assert not bad, f"prompt_syntax.py imports {bad}"
+
+
+def test_no_module_getattr():
+    # A module-level __getattr__ re-exports names lazily, which can hide an import cycle.
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body), name
 
 
 def test_nothing_unpickles():
