@@ -24,14 +24,27 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in to_uint8(images)]
 
 
-def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """PIL -> (3, size, size) in [-1, 1]: centre square crop, then resize (the training preprocessing)."""
-    image = image.convert("RGB")
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """The training preprocessing: centre square crop (CelebA's 178x218 -> the middle 178x178),
+    then a bicubic resize to `size` (skipped when already that size)."""
     w, h = image.size
     s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    left, top = (w - s) // 2, (h - s) // 2
+    image = image.crop((left, top, left + s, top + s))
+    if s != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return image
+
+
+def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """PIL -> (3, size, size) in [-1, 1], preprocessed as in training (`center_square`)."""
+    pixels = np.array(center_square(image.convert("RGB"), size), dtype=np.uint8)  # (S, S, 3)
+    return from_uint8(torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 # ----------------------------------------------------------------------------- text

@@ -38,6 +38,7 @@ from t2i.attributes import ATTRIBUTE_INDEX, CELEBA_ATTRIBUTES, NUM_ATTRIBUTES
 from t2i.data.annotations import Annotations, inside, read_lines
 from t2i.data.captions import caption_rng, captions_for, load_captions_file, varied_attributes
 from t2i.data.options import DataOptions, split_of
+from t2i.imaging import center_square, from_uint8
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -225,14 +226,7 @@ def load_image(path, image_size: int) -> np.ndarray:
     """CelebA preprocessing: centre square crop (178x218 -> the middle 178x178), resize to
     `image_size` with antialiased bicubic. Returns (S, S, 3) uint8."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        im = im.crop((left, top, left + s, top + s))
-        if s != image_size:
-            im = im.resize((image_size, image_size), Image.BICUBIC, reducing_gap=None)
-        return np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy)
+        return np.array(center_square(im.convert("RGB"), image_size), dtype=np.uint8)  # writable (torch.from_numpy)
 
 
 def _load_or_none(args: tuple[str | bytes, int]) -> np.ndarray | None:
@@ -477,7 +471,7 @@ class FaceDataset(torch.utils.data.Dataset):
         rng = random.Random(f"{i}/{sample_seed}")
         caps = self.captions[i]
         caption = caps[rng.randrange(len(caps))]
-        img = chw.float().div(127.5).sub(1.0)  # (3, S, S) in [-1, 1]
+        img = from_uint8(chw)  # (3, S, S) in [-1, 1]
         if self.flip and rng.random() < 0.5:
             img = img.flip(-1)
         return {"image": img.contiguous(), "caption": caption,
