@@ -45,38 +45,36 @@ def part_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-# Each part of t2i, lowest layer first, and the parts (or single modules: "data.captions") it
-# may import besides itself and the package root (`__version__`). A part may import only parts
-# listed above it, so imports flow one way; `cli` is at the top and only `python -m t2i`
-# (`__main__`) imports it.
-FOUNDATION = ("attributes", "config", "errors", "imaging", "prompt_syntax", "tokenizer")
+# The foundation: leaf modules that import no other part of t2i; every other part may use them.
+FOUNDATION = ("attributes", "config", "errors", "imaging", "prompt_syntax", "tokenizer", "vocabulary")
+# Every other part, lowest layer first, and the parts (or single modules: "data.captions") it
+# may import besides itself, the foundation and the package root (`__version__`). A part may
+# import only parts listed above it, so imports flow one way; `cli` is at the top and only
+# `python -m t2i` (`__main__`) imports it.
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "__init__": (),
-    "attributes": (),
-    "config": (),
-    "errors": (),
-    "imaging": (),
-    "prompt_syntax": (),
-    "tokenizer": (),
-    "checkpoint": ("config",),
+    **{part: () for part in FOUNDATION},
+    "checkpoint": (),
     "diffusion": (),  # samplers take a callable: never the networks
-    "models": ("attributes", "config"),
-    "data": ("attributes", "config", "imaging"),
-    "text_encoder": ("checkpoint", "models", "tokenizer"),
-    "pipeline": ("checkpoint", "diffusion", "imaging", "models", "text_encoder"),  # never data or train
-    "train": (*FOUNDATION, "checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),
-    "eval": (*FOUNDATION, "checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),
-    "generate": ("attributes", "data.captions", "imaging", "pipeline"),
+    "models": (),
+    "data": (),
+    "text_encoder": ("checkpoint", "models"),
+    "pipeline": ("checkpoint", "diffusion", "models", "text_encoder"),  # never data or train
+    "train": ("checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),
+    "eval": ("checkpoint", "data", "diffusion", "models", "pipeline", "text_encoder"),  # never train
+    "generate": ("data.captions", "pipeline"),
     # The web app: the pipeline, plus the pure-text caption vocabulary for its attribute checkboxes.
-    "app": ("attributes", "checkpoint", "data.captions", "errors", "imaging", "pipeline"),
-    "live": ("app", "attributes", "data.captions", "generate", "imaging", "pipeline"),
-    "workflow": (*FOUNDATION, "checkpoint", "data", "eval", "train"),
-    "cli": ("errors",),  # the subcommand modules are named in COMMANDS and imported by name
+    "app": ("checkpoint", "data.captions", "pipeline"),
+    "live": ("app", "data.captions", "generate", "pipeline"),
+    "workflow": ("checkpoint", "data", "eval", "train"),
+    "cli": (),  # the subcommand modules are named in COMMANDS and imported by name
     "__main__": ("cli",),  # `python -m t2i`
 }
 
 
 def may_import(part: str, module: str) -> bool:
+    if part_of(module) in FOUNDATION and part not in FOUNDATION:
+        return True
     for allowed in ("__init__", part, *MAY_IMPORT[part]):
         if module == f"t2i.{allowed}" or ("." not in allowed and part_of(module) == allowed):
             return True
