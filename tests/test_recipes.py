@@ -12,8 +12,8 @@ from t2i.cli import main
 from t2i.config import parse_set, read_config_file, recipe_to_dict
 from t2i.config import resolve_recipe as resolve
 from t2i.data.options import DataOptions
-from t2i.workflow import recipe_bases
 from t2i.train.unet import PRESETS as UNET_PRESETS
+from t2i.workflow import recipe_bases
 
 
 def resolve_recipe(preset, files=None, sets=None):
