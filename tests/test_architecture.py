@@ -46,7 +46,7 @@ def part_of(module: str) -> str:
 
 
 # The foundation: leaf modules that import no other part of t2i; every other part may use them.
-FOUNDATION = ("attributes", "config", "errors", "imaging", "prompt_syntax", "tokenizer", "vocabulary")
+FOUNDATION = ("attributes", "config", "errors", "hub", "imaging", "prompt_syntax", "tokenizer", "vocabulary")
 # Every other part, lowest layer first, and the parts (or single modules: "data.captions") it
 # may import besides itself, the foundation and the package root (`__version__`). A part may
 # import only parts listed above it, so imports flow one way; `cli` is at the top and only
@@ -66,6 +66,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     # The web app: the pipeline, plus the pure-text caption vocabulary for its attribute checkboxes.
     "app": ("checkpoint", "data.captions", "pipeline"),
     "live": ("app", "data.captions", "generate", "pipeline"),
+    "export": ("checkpoint", "eval", "pipeline"),  # an inference-only folder: never data, train or app
     "workflow": ("checkpoint", "data", "eval", "train"),
     "cli": (),  # the subcommand modules are named in COMMANDS and imported by name
     "__main__": ("cli",),  # `python -m t2i`
