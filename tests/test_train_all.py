@@ -64,7 +64,7 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
 
 
 def test_max_steps_caps_every_training_stage():
-    from t2i.train.all import plan
+    from t2i.workflow import plan
 
     steps = {s.name: s.argv[s.argv.index("--steps") + 1] for s in plan("d", "o", "celeba128", 0, max_steps=300)
              if "--steps" in s.argv}
