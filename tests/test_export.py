@@ -76,7 +76,10 @@ def test_export_is_inference_only_and_gives_the_same_pixels(evaluated_model, exp
     assert unet_config["stage_config"]["loop"]["steps"] == 6 and unet_config["diffusion"]["prediction"] == "v"
     assert "stages" not in json.loads((exported / "model_index.json").read_text())
     # The training captions' words travel too (unseen-word warnings need them).
-    assert (exported / "vocabulary.json").read_bytes() == (evaluated_model / "vocabulary.json").read_bytes()
+    from t2i.vocabulary import Vocabulary
+
+    assert Vocabulary.load(exported).to_dict() == Vocabulary.load(evaluated_model).to_dict()
+    assert loaded.vocabulary is not None
 
 
 def test_save_pretrained_refuses_a_folder_with_other_files(tiny_model, tmp_path):

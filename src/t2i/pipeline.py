@@ -36,7 +36,6 @@ from t2i.checkpoint import (
     CONFIG_NAME,
     INDEX_NAME,
     atomic_write_json,
-    atomic_write_text,
     inside,
     load_component,
     read_component_config,
@@ -69,9 +68,6 @@ MAX_IMAGE_SIZE = 4096
 # model_index.json's `_class_name` in an export: diffusers looks this name up in its own module
 # and fails with it in the message.
 PIPELINE_CLASS_NAME = "t2i.pipeline.T2IPipeline"
-# Files of a model dir that travel with an export as they are: the training captions' words
-# (unseen-word warnings).
-KEPT_FILES = (VOCABULARY_NAME,)
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -119,7 +115,6 @@ class T2IPipeline:
         # model_index.json): `save_pretrained` writes them back, so an export keeps the recipe.
         self.component_configs: dict[str, dict] = {}
         self.model_index: dict = {}
-        self.model_files: dict[str, str] = {}  # small text files kept verbatim (KEPT_FILES)
         # The words of the training captions (MODEL_DIR/vocabulary.json); None for a model
         # trained before they were recorded, which then warns about no word.
         self.vocabulary: Vocabulary | None = None
@@ -173,9 +168,6 @@ class T2IPipeline:
             model_id=str(index.get("id", model_dir.name)),
         )
         pipe.model_index = index
-        for name in KEPT_FILES:
-            if (model_dir / name).is_file():
-                pipe.model_files[name] = inside(model_dir, model_dir / name).read_text(encoding="utf-8")
         pipe.component_configs = {"vae": vae_meta, "clip": read_component_config(
             resolve_component(model_dir, "clip"), "clip"), "unet": meta}
         vocabulary = model_dir / VOCABULARY_NAME
@@ -203,8 +195,8 @@ class T2IPipeline:
             extra = {k: v for k, v in meta.items() if k not in ("type", "config")} | required.get(kind, {})
             save_component(out / kind, module, module.config, kind, extra=extra)
         self.text_encoder.tokenizer.save(out / TOKENIZER_NAME)
-        for name, text in self.model_files.items():
-            atomic_write_text(out / name, text)
+        if self.vocabulary is not None:
+            self.vocabulary.save(out / VOCABULARY_NAME)
         index = {k: v for k, v in self.model_index.items() if k != "stages"}  # training records stay behind
         atomic_write_json(out / INDEX_NAME, {
             "_class_name": PIPELINE_CLASS_NAME,

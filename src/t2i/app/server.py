@@ -44,9 +44,15 @@ def model_attributes(model_dir: str | Path) -> list[str] | None:
     attribute labels (the app then shows no attribute helpers); None when nothing is recorded
     (every captioned attribute is offered)."""
     try:  # a model_index.json symlinked out of the model dir is not read
-        names = read_model_index(model_dir).get("attributes")
+        return recorded_attributes(read_model_index(model_dir))
     except (OSError, ValueError):
         return None
+
+
+def recorded_attributes(model_index: dict) -> list[str] | None:
+    """`model_attributes` from an already-read model_index.json (a pipeline's `model_index`,
+    which also covers a model loaded by Hub repo id)."""
+    names = model_index.get("attributes")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return list(names)
@@ -60,7 +66,7 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, device: str 
 
     limits = limits or Limits()
     pipe = T2IPipeline.from_pretrained(model_dir, device=device)
-    demo = build_demo(pipe, limits, attributes=model_attributes(model_dir))
+    demo = build_demo(pipe, limits, attributes=recorded_attributes(pipe.model_index))
     # The generate handler admits `concurrency` running + `queue_size` waiting jobs itself
     # (t2i.app.admission); gradio's queue only holds requests for the moment before the
     # handler admits or refuses them, and a waiting job holds a worker thread.
