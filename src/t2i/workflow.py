@@ -2,6 +2,9 @@
 
     data check -> vae -> clip -> encode -> unet -> judge -> eval
 
+On data without attribute labels (captions only) the judge is skipped with one line, and eval
+measures with the model's own CLIP (t2i.eval.caption_eval).
+
 A stage is up to date when its output exists and was made from the same inputs: its
 fingerprint (preset, dataset, seed and the fingerprints of the stages it reads) is recorded
 in MODEL_DIR/model_index.json. A stage that was interrupted resumes from its last checkpoint
@@ -34,6 +37,10 @@ STAGE_COMMANDS = {
     "vae": (("train", "vae"), vae), "clip": (("train", "clip"), clip), "encode": (("encode",), encode),
     "unet": (("train", "unet"), unet), "judge": (("train", "judge"), judge), "eval": (("eval",), eval_run),
 }
+
+
+# Stages that learn from attribute labels: skipped, with one line, on captions-only data.
+NEEDS_ATTRIBUTES = ("judge",)
 
 
 @dataclass
@@ -138,7 +145,13 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
     fingerprints: dict[str, str] = {}
     report = {"data": summary, "stages": {}}
     for spec in plan(str(data_path), str(out_path), preset, seed, max_steps):
-        upstream = "|".join(fingerprints[d] for d in spec.depends)
+        if spec.name in NEEDS_ATTRIBUTES and not summary["attributes"]:
+            print(f"[all] {spec.name}: skipped: no attribute labels vary in {data} (the judge learns them); "
+                  "eval measures with the model's CLIP instead: R-precision, CLIP score, FD on CLIP features")
+            report["stages"][spec.name] = {"seconds": 0.0, "status": "skipped: no attribute labels"}
+            stages.pop(spec.name, None)
+            continue
+        upstream = "|".join(fingerprints.get(d, "-") for d in spec.depends)
         recipe = json.dumps(preset_config(spec.name, preset), sort_keys=True)
         fp = hashlib.sha256(f"{spec.name}|{base}|{recipe}|{upstream}".encode()).hexdigest()[:16]
         fingerprints[spec.name] = fp

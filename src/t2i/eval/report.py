@@ -170,29 +170,31 @@ def _ci(figures: dict | None, key: str) -> str:
 
 def eval_headline(report: dict) -> dict:
     """The few numbers worth a line: faithfulness (with the real-image ceiling), R-precision,
-    FD, CLIP score. Without attribute labels, the faithfulness entries are None."""
-    f = report.get("faithfulness") or {}
-    test, held = f.get("test") or {}, f.get("heldout") or {}
-    ceiling, floor = f.get("ceiling_real") or {}, f.get("floor_shuffled") or {}
+    FD, CLIP score. A caption-only report (no attribute labels) has no faithfulness entries,
+    and its FD is on CLIP features (`fd_clip`, not `fd_judge`)."""
+    f = report.get("faithfulness")
     rprec = report.get("r_precision") or {}
-    return {
-        "sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
-        "guidance": report["settings"]["guidance"],
-        "faithfulness_balanced": test.get("macro_balanced"), "all_correct": test.get("all_correct_rate"),
-        "heldout_balanced": held.get("macro_balanced"),
-        "heldout_all_correct": held.get("all_correct_rate"),
-        "real_ceiling_balanced": ceiling.get("macro_balanced"),
-        "real_ceiling_all_correct": ceiling.get("all_correct_rate"),
-        "shuffled_floor_balanced": floor.get("macro_balanced"),
+    headline = {"sampler": report["settings"]["sampler"], "steps": report["settings"]["steps"],
+                "guidance": report["settings"]["guidance"]}
+    if f:
+        headline.update({
+            "faithfulness_balanced": f["test"]["macro_balanced"], "all_correct": f["test"]["all_correct_rate"],
+            "heldout_balanced": (f["heldout"] or {}).get("macro_balanced"),
+            "heldout_all_correct": (f["heldout"] or {}).get("all_correct_rate"),
+            "real_ceiling_balanced": f["ceiling_real"]["macro_balanced"],
+            "real_ceiling_all_correct": f["ceiling_real"]["all_correct_rate"],
+            "shuffled_floor_balanced": f["floor_shuffled"]["macro_balanced"],
+        })
+    headline.update({
         "r_precision": (rprec.get("generated") or {}).get("r_precision"),
         "r_precision_real": (rprec.get("real") or {}).get("r_precision"),
         "r_precision_chance": rprec.get("chance"),
-        "fd_judge": report["fd"]["generated"] if f else None,
-        "fd_clip": report["fd"]["generated"] if not f else None,
+        "fd_judge" if f else "fd_clip": report["fd"]["generated"],
         "fd_vae_floor": report["fd"]["vae_reconstruction"],
         "clip_score": (report["clip_score"] or {}).get("generated"),
         "seconds_per_image": report["timing"]["seconds_per_image"],
-    }
+    })
+    return headline
 
 
 def _r_precision_row(report: dict) -> tuple[str, str, str, str] | None:

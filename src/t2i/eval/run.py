@@ -466,11 +466,13 @@ def run_sweep(pipe, judge, scored: tuple[str, ...], rows: np.ndarray, real: torc
 
 
 def dataset_has_attributes(data: str | Path, data_options=None) -> bool:
-    """Whether the dataset labels its images with attributes (CelebA's columns, or attribute
-    columns in an imagefolder's metadata or a parquet set): then the judge measures faithfulness."""
+    """Whether the dataset labels its images with attributes that vary (CelebA's columns, or
+    attribute columns in an imagefolder's metadata or a parquet set): then a judge can learn
+    them and measure faithfulness."""
     from t2i.data.celeba import read_annotations
 
-    return bool(read_annotations(data, data_options).has_attributes)
+    ann = read_annotations(data, data_options)
+    return bool(ann.has_attributes) and bool((ann.attributes.min(axis=0) != ann.attributes.max(axis=0)).any())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
