@@ -80,6 +80,7 @@ def test_interpolate_writes_frames_from_a_to_b(tiny_model, tmp_path):
         (["a man", "--init-image", "missing.png"], "--init-image: no such file: missing.png"),
         (["a man", "--init-image", "{bad}"], "is not a readable image"),
         (["a man", "--interpolate", "x", "y"], "--interpolate A B takes its two prompts itself"),
+        (["--interpolate", "x", "y", "--negative", "z"], "--interpolate A B takes its two prompts itself"),
         ([], "give at least one prompt"),
         (["a man", "--init-image", "{good}", "--strength", "2"], "strength must be in [0, 1]"),
     ],

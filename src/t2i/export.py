@@ -286,7 +286,11 @@ def write_space(out: Path, pipe: T2IPipeline, license: str) -> None:
               "Run it anywhere with `pip install -r requirements.txt && python app.py`.\n")
     atomic_write_text(out / "README.md", readme)
     atomic_write_text(out / "app.py", SPACE_APP)
-    atomic_write_text(out / "requirements.txt", "\n".join(space_requirements()) + "\n")
+    atomic_write_text(out / "requirements.txt", "".join(f"{r}\n" for r in [
+        "# t2i's core and [app] dependencies. On CPU hardware, uncomment the next line for torch's",
+        "# CPU build (a few hundred MB instead of the CUDA build's few GB):",
+        "# --extra-index-url https://download.pytorch.org/whl/cpu",
+        *space_requirements()]))
     atomic_write_text(out / ".gitattributes", GITATTRIBUTES)
     package = Path(__file__).resolve().parent
     shutil.rmtree(out / "t2i", ignore_errors=True)

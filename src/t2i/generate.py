@@ -135,8 +135,9 @@ def open_init_image(path: str) -> Image.Image:
 
 def run(args: argparse.Namespace) -> int:
     prompts = list(args.prompt) + (demo_prompts() if args.grid_prompts else [])
-    if args.interpolate and (prompts or args.init_image):
-        raise ValueError("--interpolate A B takes its two prompts itself: give no other prompt or --init-image")
+    if args.interpolate and (prompts or args.init_image or args.negative):
+        raise ValueError("--interpolate A B takes its two prompts itself: give no other prompt, --init-image "
+                         "or --negative")
     if not prompts and not args.interpolate:
         raise ValueError("give at least one prompt (or --grid-prompts, or --interpolate A B)")
     for prompt, parsed in zip(prompts, parse_prompts(prompts)):  # syntax errors before the model loads
