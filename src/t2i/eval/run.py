@@ -90,7 +90,9 @@ class EvalConfig:
     sweep_steps: tuple[int, ...] = (10, 20, 50)
     sweep_guidance: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 7.5)
     sweep_samplers: tuple[str, ...] = ()  # () = every sampler the pipeline offers
-    seed_setting: tuple[str, int] = ("ddpm", 400)  # the seed project's sampler and step count
+    # The baseline's sampler and step count: the reference project (Text-To-Image-From-Scratch:
+    # diffusers UNet2DConditionModel, pretrained DistilBERT) samples with 400 DDPM steps.
+    baseline_setting: tuple[str, int] = ("ddpm", 400)
     grid_prompts: int = 12  # prompts per image grid in the HTML report
     clip_images: int = 512  # real images scored for the CLIP ceiling/floor
     composed: bool = True  # held-out and denying prompts again as composed prompts (`a AND NOT b`)
@@ -414,7 +416,7 @@ def compare_wordings(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tens
 def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int, float]]:
     """(sampler, steps, guidance) settings, without repeats: steps at the default sampler and
     guidance, every sampler at the default steps, every guidance at the default sampler/steps,
-    and the seed project's 400-step DDPM unless `quick`."""
+    and the baseline's 400-step DDPM unless `quick`."""
     out: list[tuple[str, int, float]] = []
     for s in cfg.sweep_steps:
         out.append((cfg.sampler, s, cfg.guidance))
@@ -423,7 +425,7 @@ def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int,
     for g in cfg.sweep_guidance:
         out.append((cfg.sampler, cfg.steps, float(g)))
     if not cfg.quick:
-        out.append((cfg.seed_setting[0], int(cfg.seed_setting[1]), cfg.guidance))
+        out.append((cfg.baseline_setting[0], int(cfg.baseline_setting[1]), cfg.guidance))
     seen, unique = set(), []
     for setting in out:
         if setting not in seen:

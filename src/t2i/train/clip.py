@@ -103,7 +103,7 @@ PRESETS: dict[str, ClipPreset] = {
                         ckpt_every=500),
         image_size=64, hard_negatives=1, attribute_loss=1.0, eval_images=1000, zeroshot_images=500,
     ),
-    # CelebA 128px: a wider, deeper model for real faces (GPU; not yet run: no CelebA here).
+    # CelebA 128px: a wider, deeper model for real faces, for a GPU (not yet measured on CelebA).
     "celeba128": ClipPreset(
         model=CLIPConfig(text_width=256, text_layers=4, text_heads=4, image_size=128, stem_stride=2,
                          image_channels=(32, 64, 128, 256, 256), image_blocks=2, embed_dim=256),
