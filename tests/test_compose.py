@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from t2i.diffusion.samplers import timesteps
-from t2i.pipeline import MAX_UNET_ROWS, PromptSyntaxError, T2IPipeline, TermStates, parse_prompt
+from t2i.pipeline import (
+    MAX_UNET_ROWS,
+    PromptSyntaxError,
+    T2IPipeline,
+    TermStates,
+    interpolate,
+    parse_prompt,
+)
 from tiny_model import tiny_model_fixture
 
 COMPOSED = "a smiling woman AND wearing eyeglasses AND NOT a hat :0.5"
@@ -94,6 +101,8 @@ def test_syntax_errors_and_the_row_limit_are_clear(pipe):
         pipe("a smiling AND", steps=2)
     with pytest.raises(PromptSyntaxError, match="prompt 1: bad weight"):
         pipe(["a man", "a woman :2x"], steps=2)
+    with pytest.raises(ValueError, match="interpolation takes plain prompts"):
+        interpolate(pipe, "a man AND a beard", "a woman", frames=2, steps=2)
     many = " AND ".join(["a man"] * 8)
     with pytest.raises(ValueError, match=f"the limit is {MAX_UNET_ROWS}"):
         pipe(many, num_images=MAX_UNET_ROWS // 9 + 1, steps=2)

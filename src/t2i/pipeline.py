@@ -393,6 +393,8 @@ class T2IPipeline:
         return_dict: bool | None = None,
     ):
         """Images for `prompt` (a string or a list; `num_images` per prompt, prompt-major order).
+        A prompt may be composed, `a woman AND wearing glasses AND NOT a hat :0.5` (module
+        docstring; `t2i.prompt_syntax`); `negative_prompt` is used as written.
 
         t2i's names and diffusers' are both accepted (giving both with different values is an
         error): num_images | num_images_per_prompt, steps | num_inference_steps,
