@@ -283,11 +283,11 @@ def composed_rows(report: dict) -> list[tuple[str, str, str, str]]:
         if not pair:
             continue
         p, q = pair["plain"], pair["composed"]
-        rows.append((title, "balanced", fmt(p["macro_balanced"]), fmt(q["macro_balanced"])))
-        rows.append((title, "all-correct", fmt(p["all_correct_rate"]), fmt(q["all_correct_rate"])))
+        rows.append((title, "balanced", _ci(p, "macro_balanced"), _ci(q, "macro_balanced")))
+        rows.append((title, "all-correct", _ci(p, "all_correct_rate"), _ci(q, "all_correct_rate")))
         if group == "negations":
-            rows.append((title, f"denials obeyed ({p.get('negations', 0)})", fmt(p.get("negations_obeyed")),
-                         fmt(q.get("negations_obeyed"))))
+            rows.append((title, f"denials obeyed ({p.get('negations', 0)})", _ci(p, "negations_obeyed"),
+                         _ci(q, "negations_obeyed")))
     if rows:
         rows.append(("", "seconds per image", fmt(report["timing"]["seconds_per_image"], 4),
                      fmt(c.get("seconds_per_image"), 4)))
