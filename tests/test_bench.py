@@ -56,3 +56,14 @@ def test_text_probe_reports_every_context_and_attribute(tiny_model, synth_dir, t
     assert len({len(t) for t in table.values()}) == 1 and len(table["token embeddings"]) > 5
     # Complete captions name every attribute, so the (context-free) embeddings always hold it.
     assert result["mean"]["token embeddings"] > 0.9
+
+
+def test_compose_bench_times_plain_batched_and_per_term(tiny_model, tmp_path):
+    out = tmp_path / "compose.json"
+    result = load_bench("compose").main(["--model", str(tiny_model), "--images", "2", "--steps", "2",
+                                         "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    (row,) = result["rows"]
+    assert row["images"] == 2 and all(row[k] > 0 for k in row if k.endswith("_ms_per_image"))
+    # The reference that calls the UNet per term computes the same images.
+    assert row["max_abs_difference_batched_vs_per_term"] < 1e-4
