@@ -64,12 +64,16 @@ def test_train_all_resumes_to_the_same_result(synth_dir, tmp_path, monkeypatch, 
 
 
 def test_max_steps_caps_every_training_stage():
-    from t2i.workflow import plan
+    from t2i.config import resolve_recipe
+    from t2i.workflow import plan, recipe_bases
 
-    steps = {s.name: s.argv[s.argv.index("--steps") + 1] for s in plan("d", "o", "celeba128", 0, max_steps=300)
+    def recipe(preset):
+        return resolve_recipe(recipe_bases, preset)
+
+    steps = {s.name: s.argv[s.argv.index("--steps") + 1] for s in plan("d", "o", recipe("celeba128"), 0, max_steps=300)
              if "--steps" in s.argv}
     assert steps == {"vae": "300", "clip": "300", "unet": "300", "judge": "300"}
-    tiny = {s.name: s.argv for s in plan("d", "o", "tiny", 0, max_steps=1000)}
+    tiny = {s.name: s.argv for s in plan("d", "o", recipe("tiny"), 0, max_steps=1000)}
     assert tiny["unet"][-2:] == ["--steps", "20"]  # the preset's 20 is already below the cap
-    assert all("--steps" not in s.argv for s in plan("d", "o", "tiny", 0))
+    assert all("--steps" not in s.argv for s in plan("d", "o", recipe("tiny"), 0))
     assert main(["train", "all", "--data", "d", "--out", "o", "--max-steps", "0"]) == 2

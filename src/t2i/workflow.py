@@ -6,8 +6,10 @@ On data without attribute labels (captions only) the judge is skipped with one l
 measures with the model's own CLIP (t2i.eval.caption_eval).
 
 A stage is up to date when its output exists and was made from the same inputs: its
-fingerprint (preset, dataset, seed and the fingerprints of the stages it reads) is recorded
-in MODEL_DIR/model_index.json. A stage that was interrupted resumes from its last checkpoint
+fingerprint (its sections of the resolved recipe, the seed, the content of the data it reads —
+t2i.data.fingerprint — and the fingerprints of the stages it reads) is recorded in
+MODEL_DIR/model_index.json. The resolved recipe is MODEL_DIR/recipe.json; every stage reads it
+(`--config`). A stage that was interrupted resumes from its last checkpoint
 (the shared loop does that); a stage whose inputs changed starts over.
 """
 
@@ -24,9 +26,21 @@ from pathlib import Path
 from t2i import __version__
 from t2i.attributes import CELEBA_ATTRIBUTES
 from t2i.checkpoint import INDEX_NAME, atomic_write_json, read_model_index
-from t2i.config import config_to_dict
+from t2i.config import (
+    add_recipe_arguments,
+    recipe_fingerprint,
+    recipe_from_args,
+    recipe_to_dict,
+    resolve_recipe,
+)
 from t2i.data.celeba import FaceDataset
-from t2i.data.options import DataOptions
+from t2i.data.fingerprint import dataset_fingerprints
+from t2i.data.options import (
+    DataOptions,
+    add_data_arguments,
+    data_option_argv,
+    data_options_from_args,
+)
 from t2i.errors import CLIError, run_command
 from t2i.eval import run as eval_run
 from t2i.eval.report import eval_headline
@@ -41,6 +55,7 @@ STAGE_COMMANDS = {
 
 # Stages that learn from attribute labels: skipped, with one line, on captions-only data.
 NEEDS_ATTRIBUTES = ("judge",)
+RECIPE_NAME = "recipe.json"
 
 
 @dataclass
@@ -49,37 +64,40 @@ class StageSpec:
     output: str  # path under MODEL_DIR whose existence marks the stage done
     depends: tuple[str, ...]
     argv: list[str]  # `t2i` arguments
+    # What of the data and the recipe the stage reads (its fingerprint): parts of
+    # dataset_fingerprints ("images": names and splits, "labels", "files": annotation content)
+    # and recipe sections.
+    data: tuple[str, ...] = ("files",)
+    sections: tuple[str, ...] = ()
 
 
-def plan(data: str, out: str, preset: str, seed: int, max_steps: int | None = None) -> list[StageSpec]:
-    """The stages in order. `max_steps` caps every training stage's optimizer steps (a short
-    check that a recipe runs end to end, or a measurement of its steps/s)."""
-    common = ["--data", data, "--out", out, "--preset", preset, "--seed", str(seed)]
+def plan(data: str, out: str, recipe: dict, seed: int, max_steps: int | None = None) -> list[StageSpec]:
+    """The stages in order, reading `recipe` (written to OUT/recipe.json). `max_steps` caps every
+    training stage's optimizer steps (a short check that a recipe runs end to end, or a
+    measurement of its steps/s)."""
+    preset = recipe["preset"]
+    config = ["--config", str(Path(out) / RECIPE_NAME)]
+    common = ["--data", data, "--out", out, "--preset", preset, "--seed", str(seed), *config]
 
     def train(stage: str) -> list[str]:
         steps = []
         if max_steps is not None:
-            steps = ["--steps", str(min(max_steps, preset_config(stage, preset)["loop"]["steps"]))]
+            steps = ["--steps", str(min(max_steps, recipe[stage].loop.steps))]
         return ["train", stage, *common, *steps]
 
     return [
-        StageSpec("vae", "vae/model.safetensors", (), train("vae")),
-        StageSpec("clip", "clip/model.safetensors", (), train("clip")),
+        StageSpec("vae", "vae/model.safetensors", (), train("vae"), ("images",), ("vae",)),
+        StageSpec("clip", "clip/model.safetensors", (), train("clip"), sections=("data", "clip")),
         StageSpec("encode", "latents/index.json", ("vae",),
-                  ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"), "--flip"]),
-        StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), train("unet")),
-        StageSpec("judge", "judge/model.safetensors", (), train("judge")),
+                  ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"), "--flip",
+                   *data_option_argv(recipe["data"])], sections=("data",)),
+        StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), train("unet"),
+                  sections=("data", "unet")),
+        StageSpec("judge", "judge/model.safetensors", (), train("judge"), ("images", "labels"), ("judge",)),
         StageSpec("eval", "eval/report.json", ("vae", "clip", "unet", "judge"),
-                  ["eval", "--model", out, "--data", data, "--seed", str(seed), "--preset", preset]),
+                  ["eval", "--model", out, "--data", data, "--seed", str(seed), "--preset", preset, *config],
+                  sections=("data", "eval")),
     ]
-
-
-def preset_config(stage: str, preset: str) -> dict:
-    """A stage's preset as plain data. It is part of the stage's fingerprint, so a recipe that
-    changed (say, in a new t2i release) retrains the stage instead of reusing stale weights."""
-    presets = getattr(STAGE_COMMANDS[stage][1], "PRESETS", {})
-    config = presets.get(preset, {})
-    return config if isinstance(config, dict) else config_to_dict(config)
 
 
 def recipe_bases(preset: str) -> dict:
@@ -89,22 +107,12 @@ def recipe_bases(preset: str) -> dict:
             "eval": eval_run.recipe_bases(preset)["eval"]}
 
 
-def data_fingerprint(data: Path) -> str:
-    """Cheap identity of a dataset: its attribute/partition/metadata files' sizes and mtimes."""
-    parts = []
-    for p in sorted(data.rglob("*")):
-        if p.is_file() and p.suffix in (".txt", ".csv", ".jsonl", ".json") and ".t2i_cache" not in p.parts:
-            st = p.stat()
-            parts.append(f"{p.relative_to(data)}:{st.st_size}:{int(st.st_mtime)}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def check_data(data: Path) -> dict:
+def check_data(data: Path, data_options: DataOptions | None = None) -> dict:
     summary = {}
     for split in ("train", "val", "test"):
-        ds = FaceDataset(data, split=split)
+        ds = FaceDataset(data, split=split, options=data_options)
         summary[split] = len(ds)
-        summary["layout"] = ds.layout
+        summary.update(layout=ds.layout, split_source=ds.split_source, has_attributes=ds.has_attributes)
         if split == "train":
             if len(ds) == 0:
                 raise ValueError(f"{data}: the train split is empty")
@@ -124,10 +132,13 @@ def run_stage(spec: StageSpec) -> int:
     return run_command(module.run, parser.parse_args(spec.argv[len(words) :]))
 
 
-def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ...] = (),
-            max_steps: int | None = None) -> dict:
+def run_all(data: str, out: str, preset: str | None = None, seed: int = 0, skip: tuple[str, ...] = (),
+            max_steps: int | None = None, recipe: dict | None = None) -> dict:
+    """Train every stage of `recipe` (default: the preset's) on `data` into `out`."""
+    recipe = recipe or resolve_recipe(recipe_bases, preset)
     data_path, out_path = Path(data), Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_path / RECIPE_NAME, recipe_to_dict(recipe))
     index_path = out_path / INDEX_NAME
     index = read_model_index(out_path)
     index.update(format="t2i-model", version=__version__, id=index.get("id", out_path.name))
@@ -135,16 +146,21 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
 
     t0 = time.perf_counter()
     print(f"[all] checking data in {data}")
-    summary = check_data(data_path)
+    summary = check_data(data_path, recipe["data"])
     print(f"[all] data: {summary['layout']} layout, {summary['train']}/{summary['val']}/{summary['test']} "
-          f"train/val/test images, {len(summary['attributes'])} attributes vary")
+          f"train/val/test images (split: {summary['split_source']}), {len(summary['attributes'])} attributes vary")
     index["attributes"] = summary["attributes"]
-    base = f"{preset}:{seed}:{data_fingerprint(data_path)}"
-    if max_steps is not None:  # a capped run is a different recipe: never "up to date" for a full one
-        base += f":max_steps={max_steps}"
+    # Content hashes of the annotation files, cached by (size, mtime) so big files are re-read
+    # only when touched.
+    hash_cache_path = out_path / "checkpoints" / "data_hashes.json"
+    hash_cache = json.loads(hash_cache_path.read_text()) if hash_cache_path.is_file() else {}
+    data_fp = dataset_fingerprints(data_path, recipe["data"], hash_cache)
+    atomic_write_json(hash_cache_path, hash_cache)
+    # A capped run is a different recipe: never "up to date" for a full one.
+    capped = f"|max_steps={max_steps}" if max_steps is not None else ""
     fingerprints: dict[str, str] = {}
     report = {"data": summary, "stages": {}}
-    for spec in plan(str(data_path), str(out_path), preset, seed, max_steps):
+    for spec in plan(str(data_path), str(out_path), recipe, seed, max_steps):
         if spec.name in NEEDS_ATTRIBUTES and not summary["attributes"]:
             print(f"[all] {spec.name}: skipped: no attribute labels vary in {data} (the judge learns them); "
                   "eval measures with the model's CLIP instead: R-precision, CLIP score, FD on CLIP features")
@@ -152,8 +168,8 @@ def run_all(data: str, out: str, preset: str, seed: int = 0, skip: tuple[str, ..
             stages.pop(spec.name, None)
             continue
         upstream = "|".join(fingerprints.get(d, "-") for d in spec.depends)
-        recipe = json.dumps(preset_config(spec.name, preset), sort_keys=True)
-        fp = hashlib.sha256(f"{spec.name}|{base}|{recipe}|{upstream}".encode()).hexdigest()[:16]
+        reads = "|".join([*(data_fp[k] for k in spec.data), recipe_fingerprint(recipe, *spec.sections)])
+        fp = hashlib.sha256(f"{spec.name}|{seed}|{reads}|{upstream}{capped}".encode()).hexdigest()[:16]
         fingerprints[spec.name] = fp
         record = stages.get(spec.name, {})
         done = (out_path / spec.output).exists() and record.get("fingerprint") == fp
@@ -213,19 +229,30 @@ def _print_summary(out: Path, index: dict, report: dict) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset directory")
-    parser.add_argument("--out", required=True, help="model directory")
-    parser.add_argument("--preset", default="synth64", choices=["tiny", "synth64", "celeba128"])
+    parser.add_argument("--data", help="dataset directory (required unless --print-config)")
+    parser.add_argument("--out", help="model directory (required unless --print-config)")
+    parser.add_argument("--preset", choices=["tiny", "synth64", "celeba128"], help="default: synth64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["vae", "clip", "encode", "unet", "judge", "eval"],
                         help="stages not to run")
     parser.add_argument("--max-steps", type=int, metavar="N",
                         help="cap every training stage at N optimizer steps (a quick end-to-end check of a "
                              "preset, or a measurement of its speed; the result is not a finished model)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe (JSON) and exit")
+    add_recipe_arguments(parser)
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args, recipe_bases)
+    recipe["data"] = data_options_from_args(args, recipe["data"])
+    if args.print_config:
+        print(json.dumps(recipe_to_dict(recipe), indent=2))
+        return 0
+    missing = [flag for flag in ("--data", "--out") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise CLIError(f"train all needs {' and '.join(missing)}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    run_all(args.data, args.out, args.preset, args.seed, tuple(args.skip), args.max_steps)
+    run_all(args.data, args.out, seed=args.seed, skip=tuple(args.skip), max_steps=args.max_steps, recipe=recipe)
     return 0
