@@ -232,7 +232,8 @@ def read_parquet(root: Path, options: DataOptions | None = None) -> Annotations:
         check_duplicates([p for p, _ in path_only], [w for _, w in path_only])
     partition = np.asarray([p if p is not None else split_of(key, carve) for p, key in zip(parts, hash_keys)],
                            dtype=np.int8)
-    how = (f"shard names ({sorted(present)})" if present else "none in the files") + \
+    named = ", ".join(("train", "val", "test")[k] for k in sorted(present))
+    how = (f"shard names ({named})" if present else "none in the files") + \
         ("" if {1, 2} <= present else f"; carved out by hash (val {carve.val_fraction}, "
                                       f"test {carve.test_fraction}, seed {options.split_seed})")
     if not ids:
