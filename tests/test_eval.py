@@ -138,6 +138,16 @@ def test_default_suite_requests_rare_attributes_for_48_images_each_way(rows):
     assert {"Wearing_Hat", "Mustache", "Pale_Skin"} <= set(suite.scored)
 
 
+def test_rare_value_with_few_test_rows_is_asked_for_again(rows):
+    train, test = rows
+    bald = ATTRIBUTE_INDEX["Bald"]
+    few = np.concatenate([test[~test[:, bald]][:300], test[test[:, bald]][:3]])  # 3 bald rows only
+    suite = build_suite(train, few, 16, 0, seed=1, min_per_class=12)
+    asked = suite.requested(suite.group("test"))
+    assert int(asked[:, bald].sum()) == 12
+    assert len({p.source for p in suite.prompts if p.requested[bald]}) == 3  # the same 3 rows, asked again
+
+
 def test_suite_errors_name_the_problem(rows):
     train, test = rows
     with pytest.raises(ValueError, match="test split is empty"):

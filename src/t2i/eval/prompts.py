@@ -116,7 +116,8 @@ def build_suite(train_rows, test_rows, n_prompts: int = 64, n_heldout: int = 32,
     """Draw `n_prompts` test rows and `n_heldout` unseen combinations (fewer if the data has
     fewer). Then, for each scored attribute requested fewer than `min_per_class` times either
     way, add test rows that request it (marked `coverage`): at random a rare attribute (bald,
-    3%) would often never be asked for, and then never measured. `all_rows` (default
+    3%) would often never be asked for, and then never measured. A test split with fewer such
+    rows has some asked for again (each prompt gets new images). `all_rows` (default
     train + test) decides which value pairs are possible."""
     train_b, test_b = as_bool(train_rows), as_bool(test_rows)
     if len(test_b) == 0:
@@ -143,6 +144,10 @@ def build_suite(train_rows, test_rows, n_prompts: int = 64, n_heldout: int = 32,
                 taken = set(drawn + added)
                 pool = [i for i in range(len(test_b)) if bool(test_b[i, j]) == value and i not in taken]
                 added += rng.sample(pool, min(min_per_class - have, len(pool)))
+                have += min(min_per_class - have, len(pool))
+                if have < min_per_class:  # too few such test rows: ask for some again (new images)
+                    rows_with = [i for i in range(len(test_b)) if bool(test_b[i, j]) == value]
+                    added += [rng.choice(rows_with) for _ in range(min_per_class - have)] if rows_with else []
     prompts: list[Prompt] = []
     for i in drawn + added:
         text, neg = _caption(test_b[i], rng, scored, negate_prob)
