@@ -172,3 +172,26 @@ def test_caption_eval_reads_a_faithful_and_a_text_blind_generator(caption_pool, 
     assert saved["r_precision"] == rp
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "R-precision" in page and "own CLIP" in page and "not Inception FID" in page
+
+
+def test_dataset_captions_reach_the_pipeline_as_literal_text(caption_pool):
+    """A caption may hold what the composed-prompt syntax reads ("AND", "score: 5", a trailing
+    colon): the eval escapes it, so the pipeline encodes the caption itself as one term."""
+    from t2i.prompt_syntax import parse_prompt
+
+    captions = [f"Caption: picture {i} AND score: {i % 9}" + (":" if i % 2 else "") for i in range(len(caption_pool.captions))]
+    pool = CaptionData(caption_pool.images, captions)
+
+    class ParsingPipe(CaptionPipe):
+        """Reads its prompts as T2IPipeline does: parsed, then each term encoded."""
+
+        def __call__(self, prompt, **kw):
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            terms = [parse_prompt(p).terms for p in prompts]  # a bare trailing colon would raise here
+            assert all(len(t) == 1 and t[0].weight == 1 for t in terms)
+            return super().__call__([t[0].text for t in terms], **kw)
+
+    cfg = EvalConfig(n_prompts=20, n_per_prompt=1, steps=2, seed=0, batch_size=16, fd_images=20, clip_images=40)
+    report = evaluate_captions(ParsingPipe(pool.images, captions), "pool", cfg, None, progress=False,
+                               log=lambda *_: None, real=pool)
+    assert report["r_precision"]["generated"]["r_precision"] == 1.0  # every caption found its own image

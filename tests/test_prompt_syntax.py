@@ -60,6 +60,13 @@ def test_escapes():
     assert parse_prompt(str(composed)) == composed
 
 
+@pytest.mark.parametrize("caption", ["Caption:", "score: 5", "ratio 16:9", "A AND B", "NOT this one", "x :1.5x",
+                                     "back\\slash \\AND", "AND", "a :nan AND", "plain words"])
+def test_escaped_text_is_one_literal_term(caption):
+    # Dataset captions are escaped before they reach the pipeline (training samples, caption eval).
+    assert parse_prompt(escape(caption)).terms == (Term(caption, 1.0),)
+
+
 def test_plain_prompts_are_kept_exactly():
     for plain in ["a smiling woman", "  spaces kept  ", "", "   ", "a man and a woman"]:
         parsed = parse_prompt(plain)

@@ -34,6 +34,7 @@ from t2i.eval.clip_metrics import (
 from t2i.eval.fd import FDMeter
 from t2i.eval.generation import generate_images, vae_reconstruct
 from t2i.eval.report import prompt_grid, write_report
+from t2i.prompt_syntax import escape
 
 
 @dataclass
@@ -63,7 +64,8 @@ def load_caption_data(data: str | Path, image_size: int, max_real: int, seed: in
 
 def _generator(pipe, cfg, progress: bool):
     def generate(prompts: list[str], per_prompt: int, tag: str) -> tuple[torch.Tensor, float]:
-        return generate_images(pipe, prompts, per_prompt, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+        # Dataset captions are literal text: escaped, so an "AND" or "score: 5" in one is not syntax.
+        return generate_images(pipe, [escape(p) for p in prompts], per_prompt, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
                                cfg.batch_size, tag, progress)
 
     return generate
@@ -86,7 +88,7 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
     prompts = [real.captions[i] for i in perm[: cfg.n_prompts].tolist()]
     log(f"[eval] no attribute labels: caption metrics with the model's CLIP; {n_real} real test images, "
         f"{len(prompts)} test captions x {K}")
-    pipe(prompts[:1], num_images=1, steps=min(2, cfg.steps), guidance=cfg.guidance, sampler=cfg.sampler,
+    pipe([escape(p) for p in prompts[:1]], num_images=1, steps=min(2, cfg.steps), guidance=cfg.guidance, sampler=cfg.sampler,
          seed=0, output_type="pt")  # untimed warm-up: one-off costs of the first forward
     images, seconds = generate(prompts, K, "suite")
     per_image_prompts = [p for p in prompts for _ in range(K)]

@@ -24,6 +24,7 @@ from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.imaging import image_grid
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
+from t2i.prompt_syntax import escape
 from t2i.text_encoder import TextEncoder
 from t2i.train.encode import encode_data, load_vae
 from t2i.train.loop import (
@@ -188,7 +189,8 @@ class UNetStage(Stage):
         """A grid of fixed captions x 2 seeds with the EMA weights (20 DPM-Solver++ steps)."""
         pipe = self._pipeline(ctx)
         was_training = pipe.unet.training
-        images = pipe(self.sample_captions, num_images=2, steps=20, seed=0)
+        # Dataset captions are literal text: escaped, so an "AND" or "score: 5" in one is not syntax.
+        images = pipe([escape(c) for c in self.sample_captions], num_images=2, steps=20, seed=0)
         pipe.unet.train(was_training)
         self.text_encoder.eval()
         image_grid(images, cols=4).save(path)
