@@ -241,4 +241,5 @@ def read_parquet(root: Path, options: DataOptions | None = None) -> Annotations:
     images = ParquetImages(base, shard_paths, image_col, kind, np.asarray(refs, dtype=np.int64), ids)
     return Annotations(base, "parquet", base, ids, np.stack(rows).astype(np.float32), partition,
                        has_attributes, texts=texts if caption_col is not None else None, images=images,
-                       files=list(shard_paths), split_source=how, caption_file=shard_paths[0])
+                       files=list(shard_paths), split_source=how,
+                       caption_file=shard_paths[0] if len(shard_paths) == 1 else base)
