@@ -342,8 +342,8 @@ def project_recipe(model: Path, data: Path, sizes: Sizes) -> dict:
     """Measured steps/s of each stage (between its first and last log records, so start-up and
     the final sample grid are left out) times the preset's full step count."""
     sys.path.insert(0, str(ROOT / "src"))
-    from t2i.train.all import preset_config
-
+    # the full recipe as `train all` resolved it (preset + any --config/--set), before --max-steps
+    recipe = json.loads((model / "recipe.json").read_text())
     index = json.loads((model / "model_index.json").read_text())
     stages, total = {}, 0.0
     for name in ("vae", "clip", "unet", "judge"):
@@ -360,7 +360,7 @@ def project_recipe(model: Path, data: Path, sizes: Sizes) -> dict:
         else:  # too few records: the whole run, start-up included (a pessimistic rate)
             rate = run_info["steps"] / max(run_info["train_seconds"], 1e-9)
             how = "whole run"
-        full = preset_config(name, sizes.recipe_preset)["loop"]["steps"]
+        full = recipe[name]["loop"]["steps"]
         stages[name] = {"measured_steps": run_info["steps"], "steps_per_s": round(rate, 3), "rate_from": how,
                         "global_batch": run_info["global_batch"], "mixed_precision": run_info["mixed_precision"],
                         "preset_steps": full, "projected_s": round(full / rate, 1)}
@@ -374,9 +374,8 @@ def project_recipe(model: Path, data: Path, sizes: Sizes) -> dict:
         stages["encode"] = {"measured_s": encode_s, "images": n_train,
                             "projected_s": round(encode_s * CELEBA_TRAIN_IMAGES / max(n_train, 1), 1)}
         total += stages["encode"]["projected_s"]
-    vae_preset = preset_config("vae", sizes.recipe_preset)
     dominant = max(stages, key=lambda s: stages[s]["projected_s"]) if stages else "-"
-    return {"preset": sizes.recipe_preset, "image_size": vae_preset["image_size"], "stages": stages,
+    return {"preset": recipe["preset"], "image_size": recipe["vae"]["image_size"], "stages": stages,
             "projected_hours": total / 3600, "dominant_stage": dominant,
             "target_hours": TARGET_RECIPE_HOURS, "eval": "not measured (skipped to fit the time box)"}
 
