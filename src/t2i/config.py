@@ -198,8 +198,12 @@ def resolve_recipe(bases: Bases, preset: str | None = None, files: list[str] | N
         if not isinstance(given, dict):
             raise ValueError(f"{section}: expected a table of fields, got {given!r}")
         cls = type(base)
-        given = _model_alias_for(cls, given)
-        recipe[section] = config_from_dict(cls, _merge(config_to_dict(base), given), where=section)
+        aliased = _model_alias_for(cls, given)
+        try:
+            recipe[section] = config_from_dict(cls, _merge(config_to_dict(base), aliased), where=section)
+        except ValueError as e:  # name the field as the user wrote it (unet.model.x, not unet.unet.x)
+            field = next((k for k in aliased if k not in given), None)
+            raise ValueError(str(e).replace(f"{section}.{field}.", f"{section}.model.") if field else str(e)) from None
     return recipe
 
 
