@@ -317,7 +317,9 @@ class StandInPipe:
         return torch.cat(out)
 
     def mentions(self, prompt: str) -> dict[str, bool]:
-        return caption_mentions(prompt)
+        # What the pipeline encodes: the eval escapes its prompts (a capitals-shape "...: ..."
+        # becomes "...\: ..."), the pipeline reads the literal text back.
+        return caption_mentions(" ".join(t.text for t in parse_prompt(prompt).terms))
 
 
 class ComposingStandIn(StandInPipe):
@@ -543,3 +545,19 @@ def test_eval_cli_on_a_tiny_model(tiny_model, synth_dir, tmp_path, capsys):
 
     assert main([*args, "--sampler", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_eval_prompts_are_literal_unless_composed():
+    from t2i.eval.generation import generate_images
+
+    seen = []
+
+    def pipe(prompts, num_images, **kw):
+        seen.append(list(prompts))
+        return torch.zeros(len(prompts) * num_images, 3, 4, 4)
+
+    upper = "PORTRAIT — YOUNG WOMAN: GLASSES AND EARRINGS, NOT BALD"  # a capitals-shape prompt
+    generate_images(pipe, [upper], 1, 2, 3.0, "ddim", 0, 4, "t", progress=False)
+    assert parse_prompt(seen[-1][0]).terms[0].text == upper and len(parse_prompt(seen[-1][0]).terms) == 1
+    generate_images(pipe, ["a man AND NOT a hat"], 1, 2, 3.0, "ddim", 0, 4, "t", progress=False, composed=True)
+    assert seen[-1] == ["a man AND NOT a hat"]

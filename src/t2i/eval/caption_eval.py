@@ -64,8 +64,7 @@ def load_caption_data(data: str | Path, image_size: int, max_real: int, seed: in
 
 def _generator(pipe, cfg, progress: bool):
     def generate(prompts: list[str], per_prompt: int, tag: str) -> tuple[torch.Tensor, float]:
-        # Dataset captions are literal text: escaped, so an "AND" or "score: 5" in one is not syntax.
-        return generate_images(pipe, [escape(p) for p in prompts], per_prompt, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+        return generate_images(pipe, prompts, per_prompt, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
                                cfg.batch_size, tag, progress)
 
     return generate
@@ -88,6 +87,7 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
     prompts = [real.captions[i] for i in perm[: cfg.n_prompts].tolist()]
     log(f"[eval] no attribute labels: caption metrics with the model's CLIP; {n_real} real test images, "
         f"{len(prompts)} test captions x {K}")
+    # Dataset captions are literal text: escaped, so an "AND" or "score: 5" in one is not syntax.
     pipe([escape(p) for p in prompts[:1]], num_images=1, steps=min(2, cfg.steps), guidance=cfg.guidance, sampler=cfg.sampler,
          seed=0, output_type="pt")  # untimed warm-up: one-off costs of the first forward
     images, seconds = generate(prompts, K, "suite")

@@ -9,6 +9,8 @@ import zlib
 
 import torch
 
+from t2i.prompt_syntax import escape
+
 
 def _seed(seed: int, tag: str, batch: int) -> int:
     return zlib.crc32(f"{seed}/{tag}/{batch}".encode()) & 0x7FFFFFFF
@@ -20,10 +22,16 @@ def _sync(device) -> None:
 
 
 def generate_images(pipe, prompts: list[str], k: int, steps: int, guidance: float, sampler: str,
-                    seed: int, batch_size: int, tag: str, progress: bool = True) -> tuple[torch.Tensor, float]:
+                    seed: int, batch_size: int, tag: str, progress: bool = True,
+                    composed: bool = False) -> tuple[torch.Tensor, float]:
     """`k` images per prompt (prompt-major), in batches of about `batch_size` images, each batch
     seeded from (seed, tag, batch index): deterministic for a seed and batch size. Returns
-    (images (P*k, 3, H, W) in [-1, 1] on CPU, generation seconds)."""
+    (images (P*k, 3, H, W) in [-1, 1] on CPU, generation seconds).
+
+    Prompts are literal text (escaped, so a caption's "AND" or "score: 5" is not composed-prompt
+    syntax) unless `composed`, for prompts written in that syntax on purpose."""
+    if not composed:
+        prompts = [escape(p) for p in prompts]
     per_call = max(1, batch_size // k)
     chunks = [prompts[i : i + per_call] for i in range(0, len(prompts), per_call)]
     out, seconds = [], 0.0

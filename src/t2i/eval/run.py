@@ -335,7 +335,7 @@ def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tens
     rows_per_image = max(len(parse_prompt(t).terms) for t in texts) + 1
     batch = max(K, cfg.batch_size * 2 // rows_per_image)
     images, seconds = generate_images(pipe, texts, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed, batch,
-                                      "composed", progress)
+                                      "composed", progress, composed=True)
     verdicts, _ = judge_images(judge, images)
     at = {i: n for n, i in enumerate(chosen)}
 
