@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage = TimedUNetStage(
         replace(cfg, loop=loop, train_text_encoder=True if args.train_text_encoder else None),
-        TextEncoder.from_pretrained(model), cache, vae_dir,
+        TextEncoder.from_pretrained(model, token_embeddings=cfg.unet.text_token_embeddings), cache, vae_dir,
         image_size=int(cache.meta.get("image_size", 64)),
         judge=judge, judge_meta=judge_meta, data=args.data, eval_cfg=eval_cfg, on_point=on_point,
     )

@@ -209,10 +209,9 @@ def test_text_encoder_save_load_round_trip(tmp_path, model, tok):
 
 
 def test_token_embeddings_beside_the_final_states(model, tok):
-    enc = TextEncoder(tok, model)
     prompts = ["a smiling man with eyeglasses", "a smiling man with a hat"]
-    plain, mask, pooled = enc.encode(prompts)
-    enc.token_embeddings = True
+    plain, mask, pooled = TextEncoder(tok, model).encode(prompts)
+    enc = TextEncoder(tok, model, token_embeddings=True)
     assert enc.hidden_dim == 2 * 32
     hidden, mask2, pooled2 = enc.encode(prompts)
     assert hidden.shape == (2, 24, 64) and torch.equal(mask, mask2) and torch.equal(pooled, pooled2)

@@ -47,7 +47,8 @@ def run_stage(model_dir: Path, steps: int, signal_at: int = -1, **loop):
     cfg = PRESETS["tiny"]
     cfg = replace(cfg, loop=replace(cfg.loop, steps=steps, ckpt_every=100, **loop))
     cache = LatentCache.open(model_dir / "latents")
-    stage = SignalAt(cfg, TextEncoder.from_pretrained(model_dir), cache, model_dir / "vae",
+    text_encoder = TextEncoder.from_pretrained(model_dir, token_embeddings=cfg.unet.text_token_embeddings)
+    stage = SignalAt(cfg, text_encoder, cache, model_dir / "vae",
                      image_size=int(cache.meta["image_size"]))
     stage.at = signal_at
     return train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, model_dir)

@@ -102,11 +102,13 @@ class T2IPipeline:
         prediction: str,
         image_size: int,
         model_id: str = "t2i",
+        model_dir: str | Path | None = None,
     ):
         check_image_size(image_size, vae.downsample_factor)
         self.vae, self.text_encoder, self.unet = vae.eval(), text_encoder.eval(), unet.eval()
         self.schedule, self.prediction = schedule, prediction
         self.image_size, self.model_id = image_size, model_id
+        self.model_dir = Path(model_dir) if model_dir is not None else None  # where from_pretrained loaded it
         self.unet_config = unet.config  # kept: `compile` wraps the module
         self.device = torch.device("cpu")
         self.precision = "fp32"
@@ -151,9 +153,8 @@ class T2IPipeline:
             check_image_size(image_size, vae.downsample_factor)
         except ValueError as e:
             raise ValueError(f"{unet_dir / CONFIG_NAME}: {e}") from None
-        text_encoder = TextEncoder.from_pretrained(model_dir)
         unet, _ = load_component(unet_dir, UNet, UNetConfig, "unet")
-        text_encoder.token_embeddings = unet.config.text_token_embeddings
+        text_encoder = TextEncoder.from_pretrained(model_dir, token_embeddings=unet.config.text_token_embeddings)
         if unet.config.context_dim != text_encoder.hidden_dim:
             raise ValueError(
                 f"{model_dir}: the UNet expects text states of width {unet.config.context_dim} but the "
@@ -166,6 +167,7 @@ class T2IPipeline:
             prediction=diffusion.get("prediction", "v"),
             image_size=image_size,
             model_id=str(index.get("id", model_dir.name)),
+            model_dir=model_dir,
         )
         pipe.model_index = index
         pipe.component_configs = {"vae": vae_meta, "clip": read_component_config(

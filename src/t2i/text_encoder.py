@@ -47,9 +47,13 @@ def find_tokenizer(model_dir: str | Path) -> Path:
 
 
 class TextEncoder(nn.Module):
-    """Tokenizer + CLIP. Frozen (no grads, eval mode) unless `frozen=False`."""
+    """Tokenizer + CLIP. Frozen (no grads, eval mode) unless `frozen=False`.
 
-    def __init__(self, tokenizer: CaptionTokenizer, clip: CLIP, frozen: bool = True):
+    `token_embeddings=True` gives the UNet CLIP's input token embeddings beside its final token
+    states (along the width): set it as the UNet to condition on says
+    (`UNetConfig.text_token_embeddings`)."""
+
+    def __init__(self, tokenizer: CaptionTokenizer, clip: CLIP, frozen: bool = True, token_embeddings: bool = False):
         super().__init__()
         cfg = clip.config
         if tokenizer.vocab_size > cfg.vocab_size:
@@ -61,30 +65,36 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.clip = clip
         self.frozen = frozen
-        # Cross-attention context: CLIP's final token states, and optionally beside them (along
-        # the width) its input token embeddings, layer-normed. Why: contrastive training keeps
-        # only what the image tower learned to see, and squeezes the rest out of the final
-        # states (a linear probe on them finds "necklace" in a caption at 0.65 balanced accuracy,
-        # on the embeddings at 1.00; docs/clip.md). The UNet needs every word. Set by the UNet
-        # that conditions on it (UNetConfig.text_token_embeddings).
-        self.token_embeddings = False
+        # Cross-attention context: CLIP's final token states, and optionally beside them its
+        # input token embeddings, layer-normed. Why: contrastive training keeps only what the
+        # image tower learned to see, and squeezes the rest out of the final states (a linear
+        # probe on them finds "necklace" in a caption at 0.65 balanced accuracy, on the embeddings
+        # at 1.00; docs/clip.md). The UNet needs every word.
+        self._token_embeddings = bool(token_embeddings)
         if frozen:
             self.clip.requires_grad_(False)
             self.clip.eval()
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, device: str | torch.device = "cpu", frozen: bool = True
+        cls, model_dir: str | Path, device: str | torch.device = "cpu", frozen: bool = True,
+        token_embeddings: bool = False,
     ) -> TextEncoder:
         clip_dir = resolve_component(model_dir, "clip")
         tokenizer = CaptionTokenizer.from_file(find_tokenizer(model_dir))
         clip, _ = load_component(clip_dir, CLIP, CLIPConfig, "clip", device=device)
-        return cls(tokenizer, clip, frozen=frozen)
+        return cls(tokenizer, clip, frozen=frozen, token_embeddings=token_embeddings)
 
     def train(self, mode: bool = True) -> TextEncoder:
         # A frozen encoder stays in eval mode even inside a module put in train mode.
         super().train(mode and not self.frozen)
         return self
+
+    @property
+    def token_embeddings(self) -> bool:
+        """Whether `encode`'s hidden states carry the token embeddings beside the final states
+        (fixed at construction: the UNet's width depends on it)."""
+        return self._token_embeddings
 
     @property
     def device(self) -> torch.device:

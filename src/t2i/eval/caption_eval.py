@@ -118,7 +118,7 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
     }
 
     report = {
-        "model": str(getattr(pipe, "model_dir", "")) or str(getattr(pipe, "model_id", "")),
+        "model": str(getattr(pipe, "model_dir", None) or getattr(pipe, "model_id", "")),
         "model_id": str(getattr(pipe, "model_id", "t2i")),
         "data": str(data),
         "device": str(getattr(pipe, "device", "cpu")),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -462,7 +461,3 @@ def write_report(report: dict, out_dir: str | Path, grids: dict[str, Image.Image
     tmp.write_text(render_html(report, grids, plots), encoding="utf-8")
     tmp.replace(paths["html"])
     return paths
-
-
-def load_report(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from t2i.attributes import ATTRIBUTE_INDEX
 from t2i.checkpoint import atomic_write_json
 from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
 from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
+from t2i.diffusion.samplers import SAMPLERS
 from t2i.eval.caption_eval import evaluate_captions
 from t2i.eval.clip_metrics import r_precision_scores
 from t2i.eval.faithfulness import (
@@ -149,15 +152,28 @@ def load_eval_data(data: str | Path, image_size: int, max_real: int,
 
 @dataclass
 class _Generated:
-    images: torch.Tensor
-    verdicts: torch.Tensor
-    features: torch.Tensor
-    seconds: float
+    """The suite's images (prompt-major, K per prompt) and what the judge reads in them."""
+
+    images: torch.Tensor  # (P*K, 3, S, S) in [-1, 1]
+    verdicts: torch.Tensor  # (P*K, 40) the judge's attribute verdicts
+    features: torch.Tensor  # (P*K, F) the judge's penultimate features
+    seconds: float  # generation time
+    requested: np.ndarray  # (P*K, 40) what each image's prompt asked for
+    negated: list  # per image: the attributes its prompt denies
+    groups: dict[str, list[int]]  # image indices of the "test" and "heldout" prompts
+
+    def faithfulness(self, group: str, scored: tuple[str, ...], cfg: EvalConfig) -> dict | None:
+        """Faithfulness of one prompt group's images with its bootstrap intervals (None when the
+        group is empty)."""
+        r = self.groups[group]
+        if not r:
+            return None
+        denied = [self.negated[i] for i in r]
+        return with_intervals(faithfulness(self.verdicts[r], self.requested[r], scored, denied),
+                              self.verdicts[r], self.requested[r], scored, cfg.n_per_prompt, denied, cfg)
 
 
 def _wrong_notes(verdicts: torch.Tensor, requested: np.ndarray, scored: tuple[str, ...]) -> list[str]:
-    from t2i.attributes import ATTRIBUTE_INDEX
-
     idx = [ATTRIBUTE_INDEX[a] for a in scored]
     notes = []
     for v, r in zip(verdicts[:, idx].numpy(), requested[:, idx]):
@@ -173,19 +189,9 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
     judge = judge.eval()
     K = cfg.n_per_prompt
     train_rows, real, real_rows, all_rows = load_eval_data(data, pipe.image_size, cfg.max_real, data_options)
-    suite: PromptSuite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed,
-                                     cfg.negate_prob, all_rows=all_rows,
-                                     min_per_class=math.ceil(cfg.min_images_per_class / K))
-    trained = (judge_meta or {}).get("attributes")
-    if trained:  # score only what the judge learned (it may come from another dataset)
-        missing = [a for a in suite.scored if a not in trained]
-        if missing:
-            log(f"[eval] warning: the judge was not trained on {missing}; they are not scored")
-            suite.scored = tuple(a for a in suite.scored if a in trained)
-        if not suite.scored:
-            raise ValueError("the judge was trained on none of the attributes this dataset varies; "
-                             "train it on this dataset with `t2i train judge`")
-    scored = suite.scored
+    suite = build_suite(train_rows, real_rows, cfg.n_prompts, cfg.n_heldout, cfg.seed, cfg.negate_prob,
+                        all_rows=all_rows, min_per_class=math.ceil(cfg.min_images_per_class / K))
+    scored = _score_what_the_judge_learned(suite, judge_meta, log)
     log(f"[eval] {len(real)} real test images, {len(scored)} scored attributes; "
         f"{suite.info['test_prompts']} test ({suite.info['coverage_prompts']} added for rare attributes) + "
         f"{suite.info['heldout_prompts']} held-out prompts x {K}")
@@ -196,89 +202,35 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
     ceiling = faithfulness(real_verdicts, real_rows, scored)
     floor = faithfulness(real_verdicts, shuffled, scored)
 
-    # 2. Generate the suite (test and held-out prompts together, prompt-major).
-    def run_set(prompts, tag, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler) -> _Generated:
-        images, seconds = generate_images(pipe, prompts, K, steps, guidance, sampler, cfg.seed, cfg.batch_size,
-                                          tag, progress)
-        verdicts, features = judge_images(judge, images)
-        return _Generated(images, verdicts, features, seconds)
-
-    test_idx, held_idx = suite.group("test"), suite.group("heldout")
-    # One untimed call first: the first forward pays one-off costs (kernel selection, caches).
-    pipe(suite.texts()[:1], num_images=1, steps=min(2, cfg.steps), guidance=cfg.guidance, sampler=cfg.sampler,
-         seed=0, output_type="pt")
-    main = run_set(suite.texts(), "suite")
-    requested = np.repeat(suite.requested(), K, axis=0)  # (P*K, 40)
-    negated = [p.negated for p in suite.prompts for _ in range(K)]
-    rows_of = {name: [i * K + k for i in idx for k in range(K)] for name, idx in (("test", test_idx), ("heldout", held_idx))}
-
-    def score(name: str) -> dict | None:
-        r = rows_of[name]
-        if not r:
-            return None
-        denied = [negated[i] for i in r]
-        return with_intervals(faithfulness(main.verdicts[r], requested[r], scored, denied),
-                              main.verdicts[r], requested[r], scored, K, denied, cfg)
+    # 2. Generate the suite (test and held-out prompts together, prompt-major) and judge it.
+    generated = generate_suite(pipe, judge, suite, cfg, progress)
 
     # 3. FD against half of the real test images; the other half gives the real-vs-real floor.
-    # The FD set is its own: `fd_images` test rows drawn at random with one image each, like the
-    # real half it is compared with. (K images per prompt would not do: a perfect generator's
-    # set would then hold fewer independent attribute draws than a real set of the same size,
-    # and FD would punish it; a faithful stand-in measured 18.5 that way against 8.0 real/real.)
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))
     ref, other = perm[: len(real) // 2], perm[len(real) // 2 :]
     meter = FDMeter(judge, real[ref])
-    gen_test = main.images[rows_of["test"]]
-    n_fd = max(2, min(cfg.fd_images, len(other)))
-    fd_rows = real_rows[other[:n_fd].numpy()]  # the attribute rows of the real images it is compared with
-    fd_images, _ = generate_images(pipe, caption_rows(fd_rows, scored), 1, cfg.steps, cfg.guidance,
-                                            cfg.sampler, cfg.seed, cfg.batch_size, "fd", progress)
-    other_n = other[:n_fd]
-    fd = {
-        "generated": meter.fd(fd_images),
-        "real_vs_real": meter.fd(real[other_n]),
-        "vae_reconstruction": None,
-        "column_shuffled_prompts": None,
-        "n_generated": n_fd, "n_reference": len(ref), "n_real_other": len(other_n),
-        "features": f"judge penultimate layer ({judge.num_features} dims); not Inception, not comparable to FID",
-    }
-    vae_ceiling = None
-    if getattr(pipe, "vae", None) is not None:
-        recon = vae_reconstruct(pipe.vae, real[other_n])
-        fd["vae_reconstruction"] = meter.fd(recon)
-        # The judge on VAE round trips: the ceiling for any generator decoding through this VAE.
-        vae_ceiling = faithfulness(judge_images(judge, recon)[0], real_rows[other_n.numpy()], scored)
-    # Control: the same attribute frequencies, with each column shuffled across prompts, so the
-    # combinations ignore the data's correlations; FD should rise if it sees attributes at all.
-    mixed = caption_rows(column_shuffled(fd_rows, scored, cfg.seed), scored)
-    mixed_images, _ = generate_images(pipe, mixed, 1, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
-                                      cfg.batch_size, "shuffled", progress)
-    fd["column_shuffled_prompts"] = meter.fd(mixed_images)
+    fd, vae_ceiling = measure_fd(pipe, judge, meter, real[other], real_rows[other.numpy()], scored, cfg, progress)
 
-    # 4. CLIP score with the project's CLIP, against real images with their own / shuffled captions.
-    # R-precision with the same CLIP beside it: each image's prompt against 99 captions of other
-    # test rows, worded like the suite's prompts (caption_rows), so wording cannot give it away.
-    clip = rprec = None
-    text_encoder = getattr(pipe, "text_encoder", None)
-    if text_encoder is not None and hasattr(text_encoder, "score"):
-        texts = [suite.prompts[i].text for i in test_idx for _ in range(K)]
-        n_clip = min(cfg.clip_images, len(real))
-        clip = {
-            "generated": float(text_encoder.score(gen_test, texts).mean()),
-            "real": float(text_encoder.score(real[:n_clip], caption_rows(real_rows[:n_clip], scored)).mean()),
-            "real_shuffled": float(text_encoder.score(real[:n_clip], caption_rows(shuffled[:n_clip], scored)).mean()),
-        }
-        rprec = r_precision_scores(text_encoder, gen_test, texts, real[:n_clip],
-                                   caption_rows(real_rows[:n_clip], scored), cfg.seed)
+    # 4. CLIP score and R-precision with the project's CLIP.
+    clip, rprec = clip_scores(pipe, suite, generated, real, real_rows, shuffled, scored, cfg)
 
     # 5. Diversity within a prompt, and among real images sharing all scored attributes.
     diversity = {
-        "generated": group_mean_pairwise_distance(main.features[rows_of["test"]], K),
+        "generated": group_mean_pairwise_distance(generated.features[generated.groups["test"]], K),
         "real_same_attributes": same_attribute_diversity(real_features, real_rows, scored, seed=cfg.seed),
     }
 
+    # 6. The same requests as composed prompts and in other words; the sampler/steps/guidance sweep.
+    plain = (generated.verdicts, generated.requested, generated.negated)
+    composed = compare_composed(pipe, judge, suite, *plain, cfg, progress) if cfg.composed else None
+    wording = compare_wordings(pipe, judge, suite, *plain, cfg, progress) if cfg.wording_prompts > 0 else None
+    sweep = []
+    if cfg.sweep:  # on real rows outside the FD reference
+        some = other[: cfg.sweep_images]
+        sweep = run_sweep(pipe, judge, scored, real_rows[some.numpy()], real[some], cfg, meter, progress, log)
+
     report = {
-        "model": str(getattr(pipe, "model_dir", "")) or str(getattr(pipe, "model_id", "")),
+        "model": str(getattr(pipe, "model_dir", None) or getattr(pipe, "model_id", "")),
         "model_id": str(getattr(pipe, "model_id", "t2i")),
         "data": str(data),
         "device": str(getattr(pipe, "device", "cpu")),
@@ -286,36 +238,128 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         "settings": {**asdict(cfg), "image_size": int(pipe.image_size)},
         "judge": {k: (judge_meta or {}).get(k) for k in ("test_mean_balanced_accuracy", "path")},
         "suite": {"info": suite.info, "prompts": [p.to_dict(scored) for p in suite.prompts]},
-        "faithfulness": {"test": score("test"), "heldout": score("heldout"), "all": faithfulness(
-            main.verdicts, requested, scored, negated), "ceiling_real": ceiling, "ceiling_vae": vae_ceiling,
-            "floor_shuffled": floor},
+        "faithfulness": {"test": generated.faithfulness("test", scored, cfg),
+                         "heldout": generated.faithfulness("heldout", scored, cfg),
+                         "all": faithfulness(generated.verdicts, generated.requested, scored, generated.negated),
+                         "ceiling_real": ceiling, "ceiling_vae": vae_ceiling, "floor_shuffled": floor},
         "r_precision": rprec,
         "fd": fd,
         "clip_score": clip,
         "diversity": diversity,
-        "timing": {"seconds_per_image": main.seconds / max(1, len(main.images)),
-                   "images": int(len(main.images)), "batch_size": cfg.batch_size},
-        "composed": (compare_composed(pipe, judge, suite, main.verdicts, requested, negated, cfg, progress)
-                     if cfg.composed else None),
-        "wording": (compare_wordings(pipe, judge, suite, main.verdicts, requested, negated, cfg, progress)
-                    if cfg.wording_prompts > 0 else None),
-        "sweep": (run_sweep(pipe, judge, scored, real_rows[other[: cfg.sweep_images].numpy()],
-                            real[other[: cfg.sweep_images]], cfg, meter, progress, log) if cfg.sweep else []),
+        "timing": {"seconds_per_image": generated.seconds / max(1, len(generated.images)),
+                   "images": int(len(generated.images)), "batch_size": cfg.batch_size},
+        "composed": composed,
+        "wording": wording,
+        "sweep": sweep,
     }
     report["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 1)
-
     if out_dir is not None:
-        grids = {}
-        for name, idx in (("test prompts", test_idx), ("held-out combinations", held_idx)):
-            idx = idx[: cfg.grid_prompts]
-            if idx:
-                rows = [i * K + k for i in idx for k in range(K)]
-                grids[f"Generated images: {name} (judge's misses in red)"] = prompt_grid(
-                    main.images[rows], suite.texts(idx), K,
-                    _wrong_notes(main.verdicts[rows], requested[rows], scored))
-        paths = write_report(report, out_dir, grids)
+        paths = write_report(report, out_dir, report_grids(suite, generated, scored, cfg))
         log(f"[eval] wrote {paths['json']} and {paths['html']}")
     return report
+
+
+def _score_what_the_judge_learned(suite: PromptSuite, judge_meta: dict | None, log) -> tuple[str, ...]:
+    """The suite's scored attributes, less those the judge was not trained on (it may come from
+    another dataset). Narrows `suite.scored` and returns it."""
+    trained = (judge_meta or {}).get("attributes")
+    if trained:
+        missing = [a for a in suite.scored if a not in trained]
+        if missing:
+            log(f"[eval] warning: the judge was not trained on {missing}; they are not scored")
+            suite.scored = tuple(a for a in suite.scored if a in trained)
+        if not suite.scored:
+            raise ValueError("the judge was trained on none of the attributes this dataset varies; "
+                             "train it on this dataset with `t2i train judge`")
+    return suite.scored
+
+
+def generate_suite(pipe, judge, suite: PromptSuite, cfg: EvalConfig, progress: bool) -> _Generated:
+    """`cfg.n_per_prompt` images per suite prompt, judged."""
+    K = cfg.n_per_prompt
+    # One untimed call first: the first forward pays one-off costs (kernel selection, caches).
+    pipe(suite.texts()[:1], num_images=1, steps=min(2, cfg.steps), guidance=cfg.guidance, sampler=cfg.sampler,
+         seed=0, output_type="pt")
+    images, seconds = generate_images(pipe, suite.texts(), K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+                                      cfg.batch_size, "suite", progress)
+    verdicts, features = judge_images(judge, images)
+    groups = {name: [i * K + k for i in suite.group(name) for k in range(K)] for name in ("test", "heldout")}
+    return _Generated(images, verdicts, features, seconds, requested=np.repeat(suite.requested(), K, axis=0),
+                      negated=[p.negated for p in suite.prompts for _ in range(K)], groups=groups)
+
+
+def measure_fd(pipe, judge, meter: FDMeter, real: torch.Tensor, rows: np.ndarray, scored: tuple[str, ...],
+               cfg: EvalConfig, progress: bool) -> tuple[dict, dict | None]:
+    """FD of generated images against the meter's real reference, beside its real-vs-real floor
+    (`real`: other real test images, `rows` their attributes), the VAE round trip and
+    column-shuffled prompts. Returns (the FD section of the report, the judge's faithfulness on
+    VAE round trips: the ceiling for any generator decoding through this VAE; None without a VAE).
+
+    The FD set is its own: `fd_images` rows drawn at random with one image each, like the real
+    images it is compared with. (K images per prompt would not do: a perfect generator's set
+    would then hold fewer independent attribute draws than a real set of the same size, and FD
+    would punish it; a faithful stand-in measured 18.5 that way against 8.0 real/real.)"""
+    n_fd = max(2, min(cfg.fd_images, len(real)))
+    real, rows = real[:n_fd], rows[:n_fd]
+    fd_images, _ = generate_images(pipe, caption_rows(rows, scored), 1, cfg.steps, cfg.guidance, cfg.sampler,
+                                   cfg.seed, cfg.batch_size, "fd", progress)
+    fd = {
+        "generated": meter.fd(fd_images),
+        "real_vs_real": meter.fd(real),
+        "vae_reconstruction": None,
+        "column_shuffled_prompts": None,
+        "n_generated": n_fd, "n_reference": meter.n_real, "n_real_other": len(real),
+        "features": f"judge penultimate layer ({judge.num_features} dims); not Inception, not comparable to FID",
+    }
+    vae_ceiling = None
+    if getattr(pipe, "vae", None) is not None:
+        recon = vae_reconstruct(pipe.vae, real)
+        fd["vae_reconstruction"] = meter.fd(recon)
+        vae_ceiling = faithfulness(judge_images(judge, recon)[0], rows, scored)
+    # Control: the same attribute frequencies, with each column shuffled across prompts, so the
+    # combinations ignore the data's correlations; FD should rise if it sees attributes at all.
+    mixed = caption_rows(column_shuffled(rows, scored, cfg.seed), scored)
+    mixed_images, _ = generate_images(pipe, mixed, 1, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed,
+                                      cfg.batch_size, "shuffled", progress)
+    fd["column_shuffled_prompts"] = meter.fd(mixed_images)
+    return fd, vae_ceiling
+
+
+def clip_scores(pipe, suite: PromptSuite, generated: _Generated, real: torch.Tensor, real_rows: np.ndarray,
+                shuffled: np.ndarray, scored: tuple[str, ...], cfg: EvalConfig) -> tuple[dict | None, dict | None]:
+    """(CLIP score, R-precision) with the project's CLIP, (None, None) when the pipeline's text
+    encoder cannot score. CLIP score of the test prompts' images, and of real images with their
+    own and with shuffled captions (ceiling and floor). R-precision beside it: each image's
+    prompt against 99 captions of other test rows, worded like the suite's prompts
+    (caption_rows), so wording cannot give it away."""
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is None or not hasattr(text_encoder, "score"):
+        return None, None
+    gen_test = generated.images[generated.groups["test"]]
+    texts = [suite.prompts[i].text for i in suite.group("test") for _ in range(cfg.n_per_prompt)]
+    n = min(cfg.clip_images, len(real))
+    real_captions = caption_rows(real_rows[:n], scored)
+    clip = {
+        "generated": float(text_encoder.score(gen_test, texts).mean()),
+        "real": float(text_encoder.score(real[:n], real_captions).mean()),
+        "real_shuffled": float(text_encoder.score(real[:n], caption_rows(shuffled[:n], scored)).mean()),
+    }
+    return clip, r_precision_scores(text_encoder, gen_test, texts, real[:n], real_captions, cfg.seed)
+
+
+def report_grids(suite: PromptSuite, generated: _Generated, scored: tuple[str, ...], cfg: EvalConfig
+                 ) -> dict[str, Image.Image]:
+    """Up to `grid_prompts` prompts per group, their images in a row, the judge's misses in red."""
+    K = cfg.n_per_prompt
+    grids = {}
+    for name, group in (("test prompts", "test"), ("held-out combinations", "heldout")):
+        idx = suite.group(group)[: cfg.grid_prompts]
+        if idx:
+            rows = [i * K + k for i in idx for k in range(K)]
+            grids[f"Generated images: {name} (judge's misses in red)"] = prompt_grid(
+                generated.images[rows], suite.texts(idx), K,
+                _wrong_notes(generated.verdicts[rows], generated.requested[rows], scored))
+    return grids
 
 
 def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tensor, requested: np.ndarray,
@@ -438,12 +482,7 @@ def run_sweep(pipe, judge, scored: tuple[str, ...], rows: np.ndarray, real: torc
               meter: FDMeter, progress: bool, log) -> list[dict]:
     """Each setting generates one image for each of `rows` (test rows drawn at random, the
     attributes of the real images `real`), scored for faithfulness and FD from the same images."""
-    try:
-        from t2i.diffusion.samplers import SAMPLERS
-
-        samplers = list(SAMPLERS)
-    except ImportError:
-        samplers = [cfg.sampler]
+    samplers = list(SAMPLERS)
     prompts = caption_rows(rows, scored)
     n = len(prompts)
     fd_floor = meter.fd(real) if n >= 2 else None
@@ -537,7 +576,6 @@ def run(args: argparse.Namespace) -> int:
     check_settings(steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
     model = Path(args.model)
     pipe = T2IPipeline.from_pretrained(model, device=args.device)
-    pipe.model_dir = model
     out = Path(args.out) if args.out else model / "eval"
     if not dataset_has_attributes(args.data, recipe["data"]):
         # Nothing for a judge to check: measure with the model's own CLIP instead.

@@ -161,37 +161,6 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class SpatialTransformer(nn.Module):
-    """Transformer blocks over the pixels of a feature map (LDM's SpatialTransformer,
-    Rombach et al. 2022): (B, C, H, W) -> tokens (B, HW, C) -> blocks -> back, residual."""
-
-    def __init__(self, channels: int, heads: int, context_dim: int | None = None, depth: int = 1):
-        super().__init__()
-        self.norm = group_norm(channels)
-        self.proj_in = nn.Linear(channels, channels)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(channels, heads, context_dim) for _ in range(depth)
-        )
-        self.proj_out = nn.Linear(channels, channels)
-        # Zero-init: the block starts as the identity, as in LDM.
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        h = self.proj_in(h)
-        for block in self.blocks:
-            h = block(h, context, context_mask)
-        h = self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
-        return x + h
-
-
 class AttentionBlock2d(nn.Module):
     """Single self-attention layer over a feature map (the VAE's mid block, as in LDM)."""
 

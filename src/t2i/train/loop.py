@@ -316,215 +316,279 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
 def train(stage: Stage, dataset: Dataset, cfg: LoopConfig, out_dir: str | Path) -> dict:
     """Train `stage` on `dataset` for `cfg.steps` optimizer steps, resuming if a checkpoint
     exists under `out_dir/checkpoints/<stage>`. Returns `stage.finish`'s metrics plus timing."""
-    out_dir = Path(out_dir)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    torch.manual_seed(cfg.seed)  # model init: identical on every rank
-    ctx = Context(accelerator, cfg, out_dir, stage.name)
-    ckpt_root = out_dir / "checkpoints" / stage.name
-    log_dir = out_dir / "logs" / stage.name
-    sample_dir = out_dir / "samples" / stage.name
+    run = _Run(stage, cfg, Path(out_dir))
+    run.build()  # the stage's modules, an AdamW and an EMA copy for each
+    run.resume()  # from the latest checkpoint, if there is one
+    run.prepare()  # Accelerate: device, DDP, mixed precision
+    batches = iter(run.loader(dataset))
+    log = _TrainLog(run)
+    with _SignalFlag() as stop_signal:
+        for step in range(run.start_step, cfg.steps):
+            result = run.optimizer_step(step, batches, stop_signal)
+            done = step + 1  # steps completed
+            log.record(done, result, run.skipped)
+            if run.ctx.is_main and cfg.sample_every and done % cfg.sample_every == 0:
+                run.sample(done, f"step_{done:07d}.png")
+            if result.stop:  # agreed by all ranks in `_agree`, so every rank saves at the same step
+                signum = stop_signal.signum or signal.SIGTERM  # another rank was signalled
+                path = run.save(done)
+                log.close_progress()
+                raise TrainingInterrupted(done, signum, path)
+            if done % cfg.ckpt_every == 0 and done < cfg.steps:
+                run.save(done)
+    log.close_progress()
+    metrics = run.finish(train_seconds=time.perf_counter() - log.t_start, global_batch=log.global_batch)
+    log.close()
+    return metrics
 
-    raw = stage.build()
-    optimizers = {}
-    for name, module in raw.items():
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizers[name] = torch.optim.AdamW(
-            params, lr=cfg.lr * stage.lr_scale(name), betas=cfg.betas, weight_decay=cfg.weight_decay,
-            fused=accelerator.device.type == "cuda",
-        )
-    emas = {name: EMA(m, cfg.ema_decay) for name, m in raw.items()} if cfg.ema_decay > 0 else {}
 
-    start_step, resumed = 0, load_latest_training_state(ckpt_root)
-    if resumed is not None:
-        start_step, state = resumed
-        for name, module in raw.items():
+@dataclass
+class _StepResult:
+    ok: bool  # False: a non-finite loss on some rank; the step was skipped everywhere
+    loss: torch.Tensor | None
+    logs: dict
+    stop: bool  # some rank was asked to stop (SIGINT/SIGTERM)
+
+
+class _Run:
+    """The state `train` steps through: the accelerator, the stage's modules with their
+    optimizers and EMA copies, and where checkpoints, logs and samples go."""
+
+    def __init__(self, stage: Stage, cfg: LoopConfig, out_dir: Path):
+        self.stage, self.cfg = stage, cfg
+        self.accelerator = make_accelerator(cfg.mixed_precision)
+        torch.manual_seed(cfg.seed)  # model init: identical on every rank
+        self.ctx = Context(self.accelerator, cfg, out_dir, stage.name)
+        self.ckpt_root = out_dir / "checkpoints" / stage.name
+        self.log_dir = out_dir / "logs" / stage.name
+        self.sample_dir = out_dir / "samples" / stage.name
+        self.start_step = 0
+        self.skipped = 0  # steps skipped so far: non-finite losses and fp16 overflows
+        self.bad_in_a_row = 0
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.raw = self.stage.build()
+        self.names = list(self.raw)
+        self.optimizers = {}
+        for name, module in self.raw.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            self.optimizers[name] = torch.optim.AdamW(
+                params, lr=cfg.lr * self.stage.lr_scale(name), betas=cfg.betas, weight_decay=cfg.weight_decay,
+                fused=self.accelerator.device.type == "cuda",
+            )
+        self.emas = {name: EMA(m, cfg.ema_decay) for name, m in self.raw.items()} if cfg.ema_decay > 0 else {}
+
+    def resume(self) -> None:
+        resumed = load_latest_training_state(self.ckpt_root)
+        if resumed is None:
+            return
+        self.start_step, state = resumed
+        for name, module in self.raw.items():
             module.load_state_dict(state["models"][name])
-            optimizers[name].load_state_dict(state["optimizers"][name])
-            if name in emas:
-                emas[name].model.load_state_dict(state["ema"][name])
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            if name in self.emas:
+                self.emas[name].model.load_state_dict(state["ema"][name])
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and "cuda" in state["rng"]:
             # This device's generator (every rank's advanced in step with rank 0's, which saved it).
-            torch.cuda.set_rng_state(state["rng"]["cuda"], accelerator.device)
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        _warn_config_change(state.get("loop_config", {}), cfg, accelerator)
-        accelerator.print(f"[{stage.name}] resuming from step {start_step} ({ckpt_root})")
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.accelerator.device)
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        _warn_config_change(state.get("loop_config", {}), self.cfg, self.accelerator)
+        self.accelerator.print(f"[{self.stage.name}] resuming from step {self.start_step} ({self.ckpt_root})")
 
-    names = list(raw)
-    compiled = [torch.compile(raw[n]) if cfg.compile else raw[n] for n in names]
-    prepared = accelerator.prepare(*compiled, *[optimizers[n] for n in names])
-    prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
-    ctx.models = dict(zip(names, prepared[: len(names)]))
-    opts = dict(zip(names, prepared[len(names) :]))
-    for ema in emas.values():
-        ema.model.to(accelerator.device)
-    ctx.emas = emas
-    # Base LR per module (set again every step from the schedule).
-    base_scale = {n: stage.lr_scale(n) for n in names}
+    def prepare(self) -> None:
+        names, accelerator = self.names, self.accelerator
+        compiled = [torch.compile(self.raw[n]) if self.cfg.compile else self.raw[n] for n in names]
+        prepared = accelerator.prepare(*compiled, *[self.optimizers[n] for n in names])
+        prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
+        self.ctx.models = dict(zip(names, prepared[: len(names)]))
+        self.opts = dict(zip(names, prepared[len(names) :]))
+        for ema in self.emas.values():
+            ema.model.to(accelerator.device)
+        self.ctx.emas = self.emas
+        # Base LR per module (set again every step from the schedule).
+        self.base_scale = {n: self.stage.lr_scale(n) for n in names}
 
-    sampler = StepBatchSampler(
-        len(dataset), cfg.batch_size, cfg.seed, start=start_step * cfg.grad_accum,
-        rank=ctx.rank, world=ctx.world_size,
-    )
-    # The loader's own generator: starting an iterator draws a base seed, and from the global
-    # generator that draw would land between a resumed run's restored RNG state and its first
-    # step, shifting every later global draw (dropout) against an uninterrupted run.
-    loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=stage.collate, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0, pin_memory=accelerator.device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    batches = iter(loader)
+    def loader(self, dataset: Dataset) -> DataLoader:
+        cfg, ctx = self.cfg, self.ctx
+        sampler = StepBatchSampler(
+            len(dataset), cfg.batch_size, cfg.seed, start=self.start_step * cfg.grad_accum,
+            rank=ctx.rank, world=ctx.world_size,
+        )
+        # The loader's own generator: starting an iterator draws a base seed, and from the global
+        # generator that draw would land between a resumed run's restored RNG state and its first
+        # step, shifting every later global draw (dropout) against an uninterrupted run.
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.stage.collate, num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0, pin_memory=self.accelerator.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
 
-    writer, jsonl = None, None
-    if ctx.is_main:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
+    def optimizer_step(self, step: int, batches: Iterator, stop_signal: _SignalFlag) -> _StepResult:
+        """Step `step`: the LR from the schedule, forward/backward over `grad_accum` micro-batches,
+        then clip, step every optimizer and update the EMA copies (or skip the step, on every
+        rank, when a loss was not finite)."""
+        self.ctx.step = step
+        for n in self.names:
+            for group in self.opts[n].param_groups:
+                group["lr"] = lr_at(step, self.cfg) * self.base_scale[n]
+        for m in self.ctx.models.values():
+            m.train()
+        result = self._accumulate_gradients(batches, stop_signal)
+        if result.ok:
+            overflow, norms = _step_optimizers(self.accelerator, self.ctx.models, self.opts, self.cfg.grad_clip)
+            result.logs.update({f"grad_norm/{n}": v for n, v in norms.items()})
+            if overflow:  # fp16 loss scaler: the update was skipped and the scale lowered
+                self.skipped += 1
+            for n, ema in self.emas.items():
+                ema.update(self.ctx.unwrap(n), step)
+            self.bad_in_a_row = 0
+        else:
+            self._count_bad_step(step)
+        for n in self.names:
+            self.opts[n].zero_grad(set_to_none=True)
+        return result
 
-        writer = SummaryWriter(str(log_dir))
-        jsonl = open(log_dir / "train_log.jsonl", "a", encoding="utf-8")
+    def _accumulate_gradients(self, batches: Iterator, stop_signal: _SignalFlag) -> _StepResult:
+        cfg, accelerator = self.cfg, self.accelerator
+        loss, logs, stop = None, {}, False
+        for micro in range(cfg.grad_accum):
+            self.ctx._micro, self.ctx._draw = micro, 0
+            batch = _to_device(next(batches), accelerator.device)
+            sync = micro == cfg.grad_accum - 1
+            with contextlib.ExitStack() as stack:
+                if not sync:
+                    for m in self.ctx.models.values():
+                        stack.enter_context(accelerator.no_sync(m))
+                with accelerator.autocast():
+                    out = self.stage.training_step(batch, self.ctx)
+                finite, stop = _agree(accelerator, torch.isfinite(out.loss.detach()), stop_signal.signum)
+                if not finite:
+                    # Take the skipped step's remaining micro-batches too: the data position stays
+                    # step x grad_accum, which is where a resumed run starts reading.
+                    for _ in range(micro + 1, cfg.grad_accum):
+                        next(batches)
+                    return _StepResult(False, None, logs, stop)
+                accelerator.backward(out.loss / cfg.grad_accum)
+            loss, logs = out.loss, out.logs
+        return _StepResult(True, loss, logs, stop)
 
-    def save(step: int) -> Path | None:
+    def _count_bad_step(self, step: int) -> None:
+        self.bad_in_a_row += 1
+        self.skipped += 1
+        name = self.stage.name
+        self.accelerator.print(f"[{name}] step {step}: non-finite loss, step skipped ({self.bad_in_a_row} in a row)")
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            raise FloatingPointError(
+                f"[{name}] {self.bad_in_a_row} non-finite losses in a row at step {step}; aborting. "
+                "Lower the learning rate or use --mixed-precision no."
+            )
+
+    def sample(self, step: int, file_name: str) -> None:
+        """Rank 0: the stage's sample grid after `step` steps."""
+        self.ctx.step = step
+        self.sample_dir.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            self.stage.sample(self.ctx, self.sample_dir / file_name)
+
+    def save(self, step: int) -> Path | None:
+        """Checkpoint the training state (rank 0 writes; every rank waits for it)."""
         path = None
-        if ctx.is_main:
+        if self.ctx.is_main:
             state = {
-                "models": {n: ctx.unwrap(n).state_dict() for n in names},
-                "optimizers": {n: opts[n].state_dict() for n in names},
-                "ema": {n: e.model.state_dict() for n, e in emas.items()},
-                "rng": _rng_state(accelerator),
-                "loop_config": config_to_dict(cfg),
+                "models": {n: self.ctx.unwrap(n).state_dict() for n in self.names},
+                "optimizers": {n: self.opts[n].state_dict() for n in self.names},
+                "ema": {n: e.model.state_dict() for n, e in self.emas.items()},
+                "rng": _rng_state(self.accelerator),
+                "loop_config": config_to_dict(self.cfg),
             }
-            if accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
-                state["scaler"] = accelerator.scaler.state_dict()
-            path = save_training_state(ckpt_root, step, state, keep_last=cfg.keep_last)
-        accelerator.wait_for_everyone()
+            if self.accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
+                state["scaler"] = self.accelerator.scaler.state_dict()
+            path = save_training_state(self.ckpt_root, step, state, keep_last=self.cfg.keep_last)
+        self.accelerator.wait_for_everyone()
         return path
 
-    stop_signal = _SignalFlag()
-    bad_in_a_row, skipped_total = 0, 0
-    t_start = time.perf_counter()
-    t_log, images_since_log = t_start, 0
-    running: dict[str, float] = {}
-    global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum
-
-    progress = None
-    if ctx.is_main and start_step < cfg.steps:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=cfg.steps, initial=start_step, desc=f"train {stage.name}",
-                        mininterval=2.0, dynamic_ncols=True, unit="step")
-
-    step = start_step
-    with stop_signal:
-        while step < cfg.steps:
-            ctx.step = step
-            for n in names:
-                for group in opts[n].param_groups:
-                    group["lr"] = lr_at(step, cfg) * base_scale[n]
+    def finish(self, train_seconds: float, global_batch: int) -> dict:
+        """The last checkpoint, then on rank 0 the final sample grid and the stage's `finish`
+        (save the component, measure it); returns its metrics with the run's timing."""
+        cfg, ctx = self.cfg, self.ctx
+        if self.start_step < cfg.steps:
+            self.save(cfg.steps)
+        metrics: dict = {}
+        if ctx.is_main:
             for m in ctx.models.values():
-                m.train()
-            step_ok, logs, stop = True, {}, False
-            for micro in range(cfg.grad_accum):
-                ctx._micro, ctx._draw = micro, 0
-                batch = _to_device(next(batches), accelerator.device)
-                sync = micro == cfg.grad_accum - 1
-                with contextlib.ExitStack() as stack:
-                    if not sync:
-                        for m in ctx.models.values():
-                            stack.enter_context(accelerator.no_sync(m))
-                    with accelerator.autocast():
-                        out = stage.training_step(batch, ctx)
-                    finite, stop = _agree(accelerator, torch.isfinite(out.loss.detach()), stop_signal.signum)
-                    if not finite:
-                        step_ok = False
-                        break
-                    accelerator.backward(out.loss / cfg.grad_accum)
-                logs = out.logs
-            if not step_ok:
-                # Take the skipped step's remaining micro-batches too: the data position stays
-                # step x grad_accum, which is where a resumed run starts reading.
-                for _ in range(micro + 1, cfg.grad_accum):
-                    next(batches)
-            if step_ok:
-                overflow, norms = _step_optimizers(accelerator, ctx.models, opts, cfg.grad_clip)
-                logs.update({f"grad_norm/{n}": v for n, v in norms.items()})
-                if overflow:  # fp16 loss scaler: the update was skipped and the scale lowered
-                    skipped_total += 1
-                for n, ema in emas.items():
-                    ema.update(ctx.unwrap(n), step)
-                bad_in_a_row = 0
-            else:
-                bad_in_a_row += 1
-                skipped_total += 1
-                accelerator.print(f"[{stage.name}] step {step}: non-finite loss, step skipped "
-                                  f"({bad_in_a_row} in a row)")
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise FloatingPointError(
-                        f"[{stage.name}] {bad_in_a_row} non-finite losses in a row at step {step}; aborting. "
-                        "Lower the learning rate or use --mixed-precision no."
-                    )
-            for n in names:
-                opts[n].zero_grad(set_to_none=True)
-            step += 1
-            images_since_log += global_batch
+                m.eval()
+            self.sample(cfg.steps, "final.png")
+            metrics = self.stage.finish(ctx) or {}
+            run_info = dict(train_seconds=round(train_seconds, 1), steps=cfg.steps, resumed_from=self.start_step,
+                            skipped_steps=self.skipped, world_size=ctx.world_size, global_batch=global_batch,
+                            mixed_precision=self.accelerator.mixed_precision, device=str(self.accelerator.device))
+            atomic_write_json(self.log_dir / "run.json", run_info)
+            metrics.update(run_info)
+        self.accelerator.wait_for_everyone()
+        return metrics
 
-            if ctx.is_main and step_ok:
-                for k, v in {"loss": out.loss, **logs}.items():
-                    running[k] = running.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
-            if progress is not None:
-                progress.update(1)
-            if ctx.is_main and (step % cfg.log_every == 0 or step == cfg.steps) and running:
-                now = time.perf_counter()
-                n_logged = max(1, cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every)
-                record = {k: v / n_logged for k, v in running.items()}
-                record.update(step=step, lr=lr_at(step - 1, cfg), skipped=skipped_total,
-                              images_per_s=images_since_log / max(now - t_log, 1e-9),
-                              elapsed_s=now - t_start)
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"{stage.name}/{k}", v, step)
-                jsonl.write(json.dumps(record) + "\n")
-                jsonl.flush()
-                progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                running, t_log, images_since_log = {}, now, 0
-            if ctx.is_main and cfg.sample_every and step % cfg.sample_every == 0:
-                ctx.step = step  # steps completed so far
-                sample_dir.mkdir(parents=True, exist_ok=True)
-                with torch.no_grad():
-                    stage.sample(ctx, sample_dir / f"step_{step:07d}.png")
-            if stop:  # agreed by all ranks in `_agree`, so every rank saves at the same step
-                signum = stop_signal.signum or signal.SIGTERM  # another rank was signalled
-                path = save(step)
-                if progress is not None:
-                    progress.close()
-                raise TrainingInterrupted(step, signum, path)
-            if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save(step)
 
-    if progress is not None:
-        progress.close()
-    train_time = time.perf_counter() - t_start
-    if start_step < cfg.steps:
-        save(cfg.steps)
-    metrics: dict = {}
-    if ctx.is_main:
-        ctx.step = cfg.steps
-        for m in ctx.models.values():
-            m.eval()
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            stage.sample(ctx, sample_dir / "final.png")
-        metrics = stage.finish(ctx) or {}
-        run_info = dict(train_seconds=round(train_time, 1), steps=cfg.steps, resumed_from=start_step,
-                        skipped_steps=skipped_total, world_size=ctx.world_size, global_batch=global_batch,
-                        mixed_precision=accelerator.mixed_precision, device=str(accelerator.device))
-        atomic_write_json(log_dir / "run.json", run_info)
-        metrics.update(run_info)
-        writer.close()
-        jsonl.close()
-    accelerator.wait_for_everyone()
-    return metrics
+class _TrainLog:
+    """Rank 0's view of a run: the mean of every logged value over `log_every` steps, written
+    to TensorBoard and logs/<stage>/train_log.jsonl, and a progress bar with loss and images/s."""
+
+    def __init__(self, run: _Run):
+        cfg, ctx = run.cfg, run.ctx
+        self.cfg, self.name = cfg, run.stage.name
+        self.global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum
+        self.writer, self.jsonl, self.progress = None, None, None
+        if ctx.is_main:
+            run.log_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run.log_dir))
+            self.jsonl = open(run.log_dir / "train_log.jsonl", "a", encoding="utf-8")
+        self.t_start = time.perf_counter()
+        self.t_log, self.images_since_log = self.t_start, 0
+        self.running: dict[str, float] = {}
+        if ctx.is_main and run.start_step < cfg.steps:
+            from tqdm.auto import tqdm
+
+            self.progress = tqdm(total=cfg.steps, initial=run.start_step, desc=f"train {self.name}",
+                                 mininterval=2.0, dynamic_ncols=True, unit="step")
+
+    def record(self, step: int, result: _StepResult, skipped: int) -> None:
+        """After `step` steps: add the step's values; every `log_every` steps, write their means."""
+        cfg = self.cfg
+        self.images_since_log += self.global_batch
+        if self.writer is None:
+            return
+        if result.ok:
+            for k, v in {"loss": result.loss, **result.logs}.items():
+                self.running[k] = self.running.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
+        if self.progress is not None:
+            self.progress.update(1)
+        if (step % cfg.log_every == 0 or step == cfg.steps) and self.running:
+            now = time.perf_counter()
+            n_logged = max(1, cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every)
+            record = {k: v / n_logged for k, v in self.running.items()}
+            record.update(step=step, lr=lr_at(step - 1, cfg), skipped=skipped,
+                          images_per_s=self.images_since_log / max(now - self.t_log, 1e-9),
+                          elapsed_s=now - self.t_start)
+            for k, v in record.items():
+                if k != "step":
+                    self.writer.add_scalar(f"{self.name}/{k}", v, step)
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+            self.running, self.t_log, self.images_since_log = {}, now, 0
+
+    def close_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.jsonl.close()
 
 
 def _step_optimizers(accelerator, models: dict[str, nn.Module], opts: dict, grad_clip: float

@@ -137,7 +137,9 @@ class UNetStage(Stage):
         self.image_size = image_size
         self.schedule = NoiseSchedule(cfg.diffusion.schedule, cfg.diffusion.T)
         # The UNet's text widths come from the text encoder it is trained with.
-        text_encoder.token_embeddings = cfg.unet.text_token_embeddings
+        if text_encoder.token_embeddings != cfg.unet.text_token_embeddings:
+            raise ValueError(f"the UNet config has text_token_embeddings={cfg.unet.text_token_embeddings} but the "
+                             f"text encoder was built with token_embeddings={text_encoder.token_embeddings}")
         self.unet_config = replace(cfg.unet, in_channels=cache.latent_shape[0], out_channels=cache.latent_shape[0],
                                    context_dim=text_encoder.hidden_dim,
                                    pooled_dim=text_encoder.embed_dim if cfg.unet.pooled_dim else 0)
@@ -254,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     recipe["unet"] = cfg = config_from_args(args, recipe["unet"])
     record_recipe(out, "unet", recipe)
     vae_dir = resolve_component(args.vae or out, "vae")
-    text_encoder = TextEncoder.from_pretrained(args.clip or out)
+    text_encoder = TextEncoder.from_pretrained(args.clip or out, token_embeddings=cfg.unet.text_token_embeddings)
     cache_dir = Path(args.cache) if args.cache else out / "latents"
     # Under torchrun every rank runs this: rank 0 builds a missing cache while the others wait at
     # a barrier, then they find it complete (--out on a filesystem all ranks share).
