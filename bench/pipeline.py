@@ -68,8 +68,7 @@ def random_pipeline(preset: str) -> T2IPipeline:
                                        context_length=clip_preset.context_length)
     clip_cfg = replace(clip_preset.model, vocab_size=tokenizer.vocab_size,
                                   context_length=tokenizer.context_length)
-    text_encoder = TextEncoder(tokenizer, CLIP(clip_cfg))
-    text_encoder.token_embeddings = unet_cfg.unet.text_token_embeddings
+    text_encoder = TextEncoder(tokenizer, CLIP(clip_cfg), token_embeddings=unet_cfg.unet.text_token_embeddings)
     vae = VAE(vae_preset.model)
     unet = UNet(replace(
         unet_cfg.unet, in_channels=vae_preset.model.latent_channels, out_channels=vae_preset.model.latent_channels,
