@@ -45,8 +45,9 @@ def part_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-# The foundation: leaf modules that import no other part of t2i; every other part may use them.
-FOUNDATION = ("attributes", "config", "errors", "hub", "imaging", "prompt_syntax", "tokenizer", "vocabulary")
+# The foundation: leaf modules that import no other part of t2i (but the atomic writes of `files`);
+# every other part may use them.
+FOUNDATION = ("attributes", "config", "errors", "files", "hub", "imaging", "prompt_syntax", "tokenizer", "vocabulary")
 # Every other part, lowest layer first, and the parts (or single modules: "data.captions") it
 # may import besides itself, the foundation and the package root (`__version__`). A part may
 # import only parts listed above it, so imports flow one way; `cli` is at the top and only
@@ -54,6 +55,8 @@ FOUNDATION = ("attributes", "config", "errors", "hub", "imaging", "prompt_syntax
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "__init__": (),
     **{part: () for part in FOUNDATION},
+    "tokenizer": ("files",),  # saved atomically
+    "vocabulary": ("files",),
     "checkpoint": (),
     "diffusion": (),  # samplers take a callable: never the networks
     "models": (),

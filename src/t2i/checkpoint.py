@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from t2i.config import config_from_dict, config_to_dict
+from t2i.files import atomic_write_text
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -40,21 +41,6 @@ MAX_PARAMETERS = 2_000_000_000
 
 # ---------------------------------------------------------------------------------------------
 # Atomic file writing
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from t2i import __version__
-from t2i.checkpoint import atomic_write_text
+from t2i.files import atomic_write_text
 from t2i.pipeline import DEFAULT_SAMPLER, DEFAULT_STEPS, T2IPipeline, check_export_target
 
 CARD_NAME = "README.md"

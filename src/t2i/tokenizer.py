@@ -17,8 +17,6 @@ padding/truncation settings), lives in the single `tokenizer.json`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +31,8 @@ from tokenizers import (
     processors,
     trainers,
 )
+
+from t2i.files import atomic_write_text
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2 (the trainer assigns them first, in order)
@@ -118,16 +118,7 @@ class CaptionTokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.hf.to_str(pretty=True))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, self.hf.to_str(pretty=True))
         return path
 
     # -- use ----------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ is "blond" + "haired" both when counting captions and when reading prompts.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from t2i.files import atomic_write_text
 
 VOCABULARY_NAME = "vocabulary.json"
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
@@ -180,16 +180,7 @@ class Vocabulary:
         path = Path(path)
         if path.is_dir():
             path = path / VOCABULARY_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vocabulary.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod
