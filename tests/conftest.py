@@ -26,3 +26,19 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthfaces") / "synth"
     generate(out, SYNTH_N, seed=0, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synth_dir):
+    """A trained `tiny` model dir (VAE, CLIP, UNet) on synth_dir, built once per session; read-only."""
+    from tiny_model import tiny_model_fixture
+
+    return tiny_model_fixture(tmp_path_factory, synth_dir)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    """The tiny model's pipeline on the CPU."""
+    from t2i.pipeline import T2IPipeline
+
+    return T2IPipeline.from_pretrained(tiny_model, device="cpu")

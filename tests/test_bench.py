@@ -7,10 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from t2i.cli import main
-from tiny_model import tiny_model_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +17,6 @@ def load_bench(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 def test_time_to_quality_records_one_point_per_evaluation(tiny_model, synth_dir, tmp_path):

@@ -6,20 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i.pipeline import T2IPipeline, T2IPipelineOutput
-from tiny_model import tiny_model_fixture
+from t2i.pipeline import T2IPipelineOutput
 
 PROMPT = "a smiling man with eyeglasses"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model):
-    return T2IPipeline.from_pretrained(tiny_model, device="cpu")
 
 
 def pixels(images: list[Image.Image]) -> np.ndarray:

@@ -11,24 +11,12 @@ from t2i.diffusion.samplers import timesteps
 from t2i.pipeline import (
     MAX_UNET_ROWS,
     PromptSyntaxError,
-    T2IPipeline,
     TermStates,
     interpolate,
     parse_prompt,
 )
-from tiny_model import tiny_model_fixture
 
 COMPOSED = "a smiling woman AND wearing eyeglasses AND NOT a hat :0.5"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model):
-    return T2IPipeline.from_pretrained(tiny_model, device="cpu")
 
 
 class CountingUNet:

@@ -505,13 +505,6 @@ def test_eval_reports_vocabulary_and_phrasing_suites_with_intervals(synth_dir, r
 # ----------------------------------------------------------------------------- the real CLI
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, synth_dir):
-    from tiny_model import tiny_model_fixture
-
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
-
-
 def test_eval_cli_on_a_tiny_model(tiny_model, synth_dir, tmp_path, capsys):
     from t2i.cli import main
 

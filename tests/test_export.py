@@ -17,17 +17,11 @@ import pytest
 
 from t2i.cli import main
 from t2i.pipeline import T2IPipeline
-from tiny_model import tiny_model_fixture
 
 PROMPT = "a smiling woman with blond hair"
 INFERENCE_FILES = {"README.md", ".gitattributes", "model_index.json", "tokenizer.json", "vocabulary.json",
                    "clip/config.json", "clip/model.safetensors", "unet/config.json", "unet/model.safetensors",
                    "vae/config.json", "vae/model.safetensors"}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,6 @@ import pytest
 from PIL import Image
 
 from t2i.cli import main
-from tiny_model import tiny_model_fixture
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 def generate(model, out, *args) -> int:

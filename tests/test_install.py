@@ -22,16 +22,10 @@ from PIL import Image
 
 from t2i.cli import main
 from t2i.pipeline import T2IPipeline
-from tiny_model import tiny_model_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a smiling man with eyeglasses"
 NOT_CORE = ("accelerate", "torchmetrics", "tensorboard", "matplotlib", "gradio", "rich", "pyarrow", "scipy")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

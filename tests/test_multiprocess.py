@@ -23,7 +23,6 @@ import torch
 from safetensors.torch import load_file
 
 from test_train_unet import parts_dir
-from tiny_model import tiny_model_fixture
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-2  # of each gradient tensor's largest entry
@@ -36,11 +35,6 @@ STAGES = {
     "judge": ("judge", []),
     "unet": ("unet", []),
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 def spec(root: Path, synth_dir: Path, unet_dir: Path, batch_size: int) -> Path:

@@ -12,17 +12,6 @@ from PIL import Image
 from t2i.cli import main
 from t2i.diffusion.samplers import SAMPLERS
 from t2i.pipeline import T2IPipeline, interpolate
-from tiny_model import tiny_model_fixture
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model):
-    return T2IPipeline.from_pretrained(tiny_model, device="cpu")
 
 
 def test_same_seed_same_image_across_loads(tiny_model, pipe):

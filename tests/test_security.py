@@ -13,12 +13,6 @@ from t2i.checkpoint import load_component
 from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import T2IPipeline
 from t2i.text_encoder import TextEncoder, find_tokenizer
-from tiny_model import tiny_model_fixture
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 @pytest.fixture

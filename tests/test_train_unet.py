@@ -17,12 +17,6 @@ from t2i.data.latents import LatentCache
 from t2i.text_encoder import TextEncoder
 from t2i.train.loop import TrainingInterrupted, train
 from t2i.train.unet import PRESETS, LatentDataset, UNetStage
-from tiny_model import tiny_model_fixture
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, synth_dir):
-    return tiny_model_fixture(tmp_path_factory, synth_dir)
 
 
 def parts_dir(tiny_model: Path, dest: Path, keep_cache: bool = True) -> Path:
