@@ -16,9 +16,8 @@ docs/eval.md, "Caption-only evaluation"):
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from t2i.eval.clip_metrics import (
 )
 from t2i.eval.fd import FDMeter
 from t2i.eval.generation import generate_images, vae_reconstruct
-from t2i.eval.report import prompt_grid, write_report
+from t2i.eval.report import prompt_grid, report_header, write_report
 from t2i.prompt_syntax import escape
 
 
@@ -118,14 +117,9 @@ def evaluate_captions(pipe, data: str | Path, cfg, out_dir: str | Path | None = 
     }
 
     report = {
-        "model": str(getattr(pipe, "model_dir", None) or getattr(pipe, "model_id", "")),
-        "model_id": str(getattr(pipe, "model_id", "t2i")),
-        "data": str(data),
-        "device": str(getattr(pipe, "device", "cpu")),
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        **report_header(pipe, data, cfg),
         "mode": "captions",
         "measured_with": "the model's own CLIP (no attribute labels, so no judge)",
-        "settings": {**asdict(cfg), "image_size": int(pipe.image_size)},
         "suite": {"info": {"test_prompts": len(prompts), "heldout_prompts": 0, "real_test_images": n_real},
                   "prompts": [{"text": p, "group": "test"} for p in prompts]},
         "faithfulness": None,

@@ -4,8 +4,10 @@ embedded as base64 PNG) and a plain-text headline table for the terminal."""
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,18 @@ from t2i.checkpoint import atomic_write_json
 from t2i.imaging import captioned_grid, tensor_to_pil
 
 # ----------------------------------------------------------------------------- images
+
+
+def report_header(pipe, data, cfg) -> dict:
+    """What every report starts with: the model, data, device, time and eval settings."""
+    return {
+        "model": str(getattr(pipe, "model_dir", None) or getattr(pipe, "model_id", "")),
+        "model_id": str(getattr(pipe, "model_id", "t2i")),
+        "data": str(data),
+        "device": str(getattr(pipe, "device", "cpu")),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "settings": {**asdict(cfg), "image_size": int(pipe.image_size)},
+    }
 
 
 def prompt_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, notes: list[str] | None = None,

@@ -20,12 +20,11 @@ tested without a trained diffusion model.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +62,7 @@ from t2i.eval.report import (
     fmt,
     headline_table,
     prompt_grid,
+    report_header,
     sweep_table,
     wording_table,
     write_report,
@@ -230,12 +230,7 @@ def evaluate(pipe, judge, data: str | Path, cfg: EvalConfig, out_dir: str | Path
         sweep = run_sweep(pipe, judge, scored, real_rows[some.numpy()], real[some], cfg, meter, progress, log)
 
     report = {
-        "model": str(getattr(pipe, "model_dir", None) or getattr(pipe, "model_id", "")),
-        "model_id": str(getattr(pipe, "model_id", "t2i")),
-        "data": str(data),
-        "device": str(getattr(pipe, "device", "cpu")),
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        "settings": {**asdict(cfg), "image_size": int(pipe.image_size)},
+        **report_header(pipe, data, cfg),
         "judge": {k: (judge_meta or {}).get(k) for k in ("test_mean_balanced_accuracy", "path")},
         "suite": {"info": suite.info, "prompts": [p.to_dict(scored) for p in suite.prompts]},
         "faithfulness": {"test": generated.faithfulness("test", scored, cfg),
