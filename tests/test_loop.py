@@ -317,3 +317,24 @@ def test_process_group_timeout_outlasts_rank0_work():
 
     accelerator = make_accelerator("no")
     assert accelerator.init_handler.timeout == PROCESS_GROUP_TIMEOUT >= datetime.timedelta(hours=1)
+
+
+def test_auto_precision_uses_bf16_on_the_cpu_only_where_it_is_native(tmp_path):
+    from t2i.train.loop import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
+    assert not cpu_has_native_bf16(info)
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(info)
+    info.write_text("processor : 0\nflags : fpu avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(info)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("native,expected", [(False, "no"), (True, "bf16")])
+def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, native, expected):
+    from t2i.train import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    assert loop.make_accelerator("auto").mixed_precision == expected
