@@ -110,8 +110,8 @@ def test_cache_matches_direct_encoding_and_checks_vae(tmp_path):
     with pytest.raises(ValueError, match="encoded by a different VAE"):
         LatentCache.open(tmp_path / "cache", expect_vae_hash=other.fingerprint())
     # Without --flip there is one variant and asking for the mirrored one is a clear error.
-    # The default bf16 encoder is close to fp32 (well inside the posterior's spread).
-    cache1, _ = encode_dataset(vae, data, tmp_path / "cache", flip=False, progress=False)
+    # The bf16 encoder is close to fp32 (well inside the posterior's spread).
+    cache1, _ = encode_dataset(vae, data, tmp_path / "cache", flip=False, progress=False, precision="bf16")
     assert cache1.meta["precision"] == "bf16"
     m_bf16, _ = cache1.get(idx)
     assert (m_bf16 - direct.mean).pow(2).mean().sqrt() < 0.02 * direct.mean.pow(2).mean().sqrt()
@@ -190,3 +190,12 @@ def test_encode_cli_errors(synth_dir, tmp_path, capsys):
     rc = main(["encode", "--vae", str(tmp_path / "f8"), "--data", str(synth_dir), "--out",
                str(tmp_path / "lat"), "--image-size", "36", "--no-preload"])
     assert rc == 2 and "not divisible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native,expected", [(False, "fp32"), (True, "bf16")])
+def test_auto_encoder_precision_on_the_cpu_follows_native_bf16(monkeypatch, tmp_path, native, expected):
+    from t2i.train import encode
+
+    monkeypatch.setattr(encode, "cpu_has_native_bf16", lambda: native)
+    cache, _ = encode.encode_dataset(tiny_vae(), ArrayFaces(n=4), tmp_path / "cache", progress=False)
+    assert cache.meta["precision"] == expected
