@@ -75,7 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of process CPU time")
     parser.add_argument("--out", help="JSON path (default bench/results/compose_<device>.json)")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process keeps its own setting
+
+
+def run(args: argparse.Namespace) -> dict:
     clock = time.perf_counter if args.wall else time.process_time
     pipe = T2IPipeline.from_pretrained(args.model, device=args.device)
     rows = []

@@ -51,11 +51,44 @@ def test_text_probe_reports_every_context_and_attribute(tiny_model, synth_dir, t
 
 
 def test_compose_bench_times_plain_batched_and_per_term(tiny_model, tmp_path):
+    import torch
+
     out = tmp_path / "compose.json"
+    threads = torch.get_num_threads()
     result = load_bench("compose").main(["--model", str(tiny_model), "--images", "2", "--steps", "2",
-                                         "--repeats", "1", "--out", str(out)])
+                                         "--repeats", "1", "--threads", str(threads + 1), "--out", str(out)])
+    assert result["threads"] == threads + 1 and torch.get_num_threads() == threads  # set for the run only
     assert json.loads(out.read_text()) == result
     (row,) = result["rows"]
     assert row["images"] == 2 and all(row[k] > 0 for k in row if k.endswith("_ms_per_image"))
     # The reference that calls the UNet per term computes the same images.
     assert row["max_abs_difference_batched_vs_per_term"] < 1e-4
+
+
+def test_vae_round_trip_ranks_vaes_by_what_survives(tiny_model, synth_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("checkpoints", "unet"))
+    assert main(["train", "judge", "--data", str(synth_dir), "--out", str(model), "--preset", "tiny",
+                 "--steps", "3"]) == 0
+    # A peer whose decoder paints every pixel white (output bias +5, clamped to 1): its round
+    # trips must score a far lower PSNR than the trained VAE's.
+    broken = tmp_path / "broken" / "vae"
+    shutil.copytree(model / "vae", broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["decoder.conv_out.weight"].zero_()
+    weights["decoder.conv_out.bias"].fill_(5.0)
+    save_file(weights, broken / "model.safetensors")
+
+    out = tmp_path / "vrt.json"
+    result = load_bench("vae_round_trip").main(["--model", str(model), "--data", str(synth_dir), "--vae", str(model),
+                                                "--vae", str(broken), "--out", str(out), "--worst", "3"])
+    assert json.loads(out.read_text()) == result
+    rows = result["results"]
+    assert list(rows) == ["real images", str(model), str(broken)]
+    trained, zeroed = rows[str(model)], rows[str(broken)]
+    assert trained["psnr_db"] > zeroed["psnr_db"] + 3
+    for row in (trained, zeroed):
+        assert 0 <= row["macro_balanced"] <= 1 and len(row["weakest"]) == 3
+        assert all(set(w) == {"balanced", "real"} for w in row["weakest"].values())
