@@ -173,3 +173,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model, synth_di
     for written in ("latents", "checkpoints/unet/step_0000004", "unet/model.safetensors"):
         assert any(line.endswith(str(two / written)) for line in rank0), written
     assert len(list((two / "logs" / "unet").glob("events.*"))) == 1
+
+
+def test_unet_metrics_record_the_run(tiny_model):
+    # What the model card and `train all`'s summary read: the precision that ran ("auto" resolved).
+    metrics = json.loads((tiny_model / "unet" / "metrics.json").read_text())
+    assert metrics["mixed_precision"] == "no" and metrics["parameters"] > 0
+    assert metrics["train_seconds"] > 0 and metrics["steps"] >= 1 and metrics["resumed_from"] == 0

@@ -267,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
     metrics = train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, out)
-    if metrics:
+    if metrics:  # the loop adds timing and the precision that ran after `finish` wrote its part
+        atomic_write_json(out / "unet" / "metrics.json", metrics)
         print(f"[unet] done: {json.dumps(metrics)}")
     return 0
