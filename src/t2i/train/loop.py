@@ -287,8 +287,8 @@ def record_recipe(out: str | Path, name: str, recipe: dict) -> None:
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX): there, bf16 autocast trained
-    1.4-2.3x faster than fp32; on an AVX2-only CPU it is emulated and was 10x slower (the synth64
-    VAE's forward + backward at batch 16: 10.4 s vs 1.06 s). Unknown (no /proc/cpuinfo) -> False."""
+    1.4-2.3x faster than fp32; on an AVX2-only CPU it is emulated and was 10-16x slower (synth64
+    steps: VAE 3.0 s vs 0.30 s, UNet 25.8 s vs 1.64 s at batch 64). Unknown (no /proc/cpuinfo) -> False."""
     try:
         flags = Path(cpuinfo).read_text().split()
     except OSError:
