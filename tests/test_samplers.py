@@ -263,3 +263,18 @@ def test_cfg_padding_of_the_negative_prompt_does_not_matter():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="uncond_context"):
         cfg_model(text_net, 2.0, cond)
+
+
+def test_euler_ancestral_is_ddpm_posterior_sampling():
+    """Euler ancestral with eta=1 in the variance-exploding scale is DDPM's posterior step in
+    other coordinates: the mean x0 + (s_next/s)^2 (x - x0) and the noise s_up are the posterior's.
+    With the same noise draws the two samplers give the same samples to float rounding (so
+    `t2i eval --sweep` reads the same figures for both)."""
+    s = NoiseSchedule("cosine")
+    denoise = make_denoiser(dummy_model, s, "v")
+    ts = timesteps(s, 20)
+    ddpm = sample_ddpm(denoise, start_noise(), ts, s, generator=torch.Generator().manual_seed(3))
+    euler_a = sample_euler_ancestral(denoise, start_noise(), ts, s, generator=torch.Generator().manual_seed(3))
+    assert_rel_close(euler_a, ddpm, 1e-4)
+    deterministic = sample_euler_ancestral(denoise, start_noise(), ts, s, eta=0.0)
+    assert ((deterministic - ddpm).abs().max() / ddpm.abs().max()).item() > 1e-2
