@@ -16,6 +16,7 @@ from t2i.models.vae_losses import (
     PatchDiscriminator,
     adaptive_weight,
     generator_loss,
+    gradient_difference_loss,
     hinge_d_loss,
 )
 
@@ -150,6 +151,17 @@ def test_hinge_losses():
     assert generator_loss(fake).item() == pytest.approx(1.0)
 
 
+def test_gradient_difference_loss():
+    # A vertical step edge of height 2 in a 1x1x2x3 image: |d/dx| = [2, 0] per row, |d/dy| = 0.
+    edge = torch.tensor([[[[-1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]]])
+    # The same edge blurred to two steps of 1: |d/dx| = [1, 1]; the loss is mean(|2-1|, |0-1|) = 1.
+    blurred = torch.tensor([[[[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]]]])
+    assert gradient_difference_loss(blurred, edge).item() == pytest.approx(1.0)
+    # Matching edges cost nothing, even where the levels differ (a per-pixel loss would not be 0).
+    assert gradient_difference_loss(edge + 0.5, edge).item() == 0.0
+    assert gradient_difference_loss(edge, edge).item() == 0.0
+
+
 def test_patch_discriminator_shape():
     disc = PatchDiscriminator(DiscriminatorConfig(channels=8, n_layers=2))
     logits = disc(torch.randn(2, 3, 32, 32))
@@ -243,7 +255,7 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     from t2i.checkpoint import list_checkpoints
 
     out = tmp_path / "model"
-    assert _train(synth_dir, out, "--steps", "3") == 0
+    assert _train(synth_dir, out, "--steps", "3", "--grad-weight", "1") == 0
     vae, meta = load_component(out, VAE, VAEConfig, "vae")
     assert meta["config"]["latent_stats"] == "posterior_samples"
     assert len(vae.config.scale) == 4 and all(s > 0 for s in vae.config.scale)
@@ -255,7 +267,7 @@ def test_train_three_steps_via_cli(synth_dir, tmp_path):
     assert [p.name for p in list_checkpoints(out / "checkpoints" / "vae")] == ["step_0000003"]
     records = [json.loads(line) for line in (out / "logs" / "vae" / "train_log.jsonl").read_text().splitlines()]
     # The tiny preset switches the PatchGAN on at step 2: every loss term was exercised.
-    assert {"rec", "kl", "g", "d", "adaptive_weight"} <= set(records[-1])
+    assert {"rec", "kl", "gdl", "g", "d", "adaptive_weight"} <= set(records[-1])
     # The stored stats normalise the training latents: on the images they were measured on,
     # (z - shift) * scale has mean 0 and std 1 per channel.
     from t2i.data.celeba import FaceDataset

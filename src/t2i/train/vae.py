@@ -37,6 +37,7 @@ from t2i.models.vae_losses import (
     VAELossConfig,
     adaptive_weight,
     generator_loss,
+    gradient_difference_loss,
     hinge_d_loss,
     reconstruction_loss,
 )
@@ -152,9 +153,13 @@ class VAEStage(Stage):
 
         rec = lc.rec_weight * reconstruction_loss(recon, x, lc.reconstruction)
         kl = posterior.kl().mean() / (latent * (H // f) * (W // f))  # per latent element
-        loss = rec + lc.kl_weight * kl
         logs = {"rec": rec.detach(), "kl": kl.detach(),
                 "posterior_std": posterior.std.detach().float().mean()}
+        if lc.grad_weight:
+            gdl = gradient_difference_loss(recon, x)
+            rec = rec + lc.grad_weight * gdl  # part of the reconstruction term the GAN's weight balances
+            logs["gdl"] = gdl.detach()
+        loss = rec + lc.kl_weight * kl
 
         if ctx.step >= lc.disc_start + lc.disc_warmup:
             disc = ctx.unwrap("disc")
@@ -315,6 +320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-size", type=int, help="random training crop (0 = whole images)")
     parser.add_argument("--reconstruction", choices=["l1", "mse"], help="reconstruction loss")
     parser.add_argument("--kl-weight", type=float)
+    parser.add_argument("--grad-weight", type=float,
+                        help="weight of the gradient difference loss, which keeps thin edges (default 0: off)")
     parser.add_argument("--disc-start", type=int, help="step at which the PatchGAN switches on")
     parser.add_argument("--disc-warmup", type=int, help="steps the discriminator trains alone")
     parser.add_argument("--disc-weight", type=float)
@@ -330,7 +337,7 @@ def preset_from_args(args: argparse.Namespace, base: VAEPreset | None = None) ->
     p = base or PRESETS[args.preset]
     loop = loop_config_from_args(p.loop, args)
     loss = replace(p.loss, reconstruction=args.reconstruction, kl_weight=args.kl_weight,
-                   disc_start=args.disc_start, disc_warmup=args.disc_warmup,
+                   grad_weight=args.grad_weight, disc_start=args.disc_start, disc_warmup=args.disc_warmup,
                    disc_weight=args.disc_weight)
     return replace(p, loop=loop, loss=loss, image_size=args.image_size, crop_size=args.crop_size,
                    val_images=args.val_images, stats_images=args.stats_images)
