@@ -16,7 +16,7 @@ from t2i.data.synthfaces import RENDERED_ATTRIBUTES, sample_attributes
 from t2i.eval.faithfulness import faithfulness, group_mean_pairwise_distance
 from t2i.eval.fd import FDMeter
 from t2i.eval.prompts import build_suite, column_shuffled, shuffled_rows
-from t2i.eval.report import composed_table
+from t2i.eval.report import composed_table, sweep_table
 from t2i.eval.run import EvalConfig, evaluate, sweep_settings
 from t2i.prompt_syntax import MAX_TERMS, parse_prompt
 
@@ -119,6 +119,20 @@ def test_composed_form_of_a_request():
     many = vec(**{a: True for a in scored if VOCAB[a].salient and a not in ("Bald", "Wearing_Hat")})
     terms = parse_prompt(composed_text(Prompt("plain", many, "test", negated=("Wearing_Hat",)), scored)).terms
     assert len(terms) == MAX_TERMS and terms[-1].weight == -1
+
+
+def test_denial_form_of_a_request():
+    from t2i.eval.prompts import Prompt, denial_text
+
+    scored = tuple(RENDERED_ATTRIBUTES)
+    asked = vec(Young=True, Blond_Hair=True, Eyeglasses=True, No_Beard=True)
+    plain = "a photo of a young woman with blond hair, wearing glasses"
+    text = denial_text(Prompt(plain + ", without a hat", asked, "heldout", negated=("Wearing_Hat",)), scored)
+    assert text == plain + " AND NOT a photo of a person wearing a hat :0.5"
+    assert [t.weight for t in parse_prompt(text).terms] == [1.0, -0.5]
+    # Without a denial it is the plain prompt itself, which samples exactly as a plain prompt.
+    assert denial_text(Prompt(plain, asked, "test"), scored) == plain
+    assert parse_prompt(denial_text(Prompt(plain, asked, "test"), scored)).is_plain
 
 
 def test_default_suite_requests_rare_attributes_for_48_images_each_way(rows):
@@ -391,6 +405,18 @@ def test_report_generation_with_stand_in_pipeline(synth_dir, tiny_judge, real_im
     assert settings == sweep_settings(cfg, ["ddim", "dpm++2m"])
     assert len(set(settings)) == len(settings) == 4
     assert all(r["seconds_per_image"] > 0 and r["images"] == 4 for r in saved["sweep"])
+    # Each setting has intervals, and every setting but the default its paired gap to the
+    # default: the default's figure minus its own, inside that gap's interval.
+    default = next(r for r in saved["sweep"] if (r["sampler"], r["steps"], r["guidance"]) == ("dpm++2m", 4, 3.0))
+    assert "gap_to_default" not in default
+    for r in saved["sweep"]:
+        lo, hi = r["intervals"]["all_correct_rate"]
+        assert lo <= r["all_correct_rate"] <= hi
+        if r is not default:
+            gap = r["gap_to_default"]["all_correct_rate"]
+            assert gap["gap"] == pytest.approx(default["all_correct_rate"] - r["all_correct_rate"], abs=1e-4)
+            assert gap["interval"][0] <= gap["gap"] <= gap["interval"][1]
+    assert "default - this" in sweep_table(saved) and "default - this" in page
     # Batched generation: at most batch_size=4 images per call, and some calls use all of it.
     sizes = [n_prompts * k for n_prompts, k, *_ in pipe.calls]
     assert max(sizes) == 4 and len(pipe.calls) > 5
@@ -431,22 +457,24 @@ def test_eval_reports_plain_vs_composed_prompts(synth_dir, real_images):
                      progress=False, log=lambda *_: None)
     ignores = evaluate(ComposingStandIn(images, rows, reads_not=False), LookupJudge(images, rows), synth_dir, cfg,
                        None, progress=False, log=lambda *_: None)
-    c = reads["composed"]
     suite = reads["suite"]["prompts"]
     denying = [p for p in suite if p["negated"]]
-    assert len(c["prompts"]) == len({p["text"] for p in suite if p["negated"] or p["group"] == "heldout"})
-    assert c["heldout"]["composed"]["images"] == c["heldout"]["plain"]["images"] == 2 * 2
-    assert c["negations"]["composed"]["negations"] == c["negations"]["plain"]["negations"] == 2 * len(denying) > 0
-    for pair in c["prompts"]:
-        terms = parse_prompt(pair["composed"]).terms
-        assert len(terms) > 1 and "AND" not in pair["plain"]
-        assert sum(t.weight < 0 for t in terms) == sum(p["negated"] != [] for p in suite if p["text"] == pair["plain"])
-    # The plain images are the same in both runs; only the composed ones differ.
-    assert ignores["composed"]["negations"]["plain"] == c["negations"]["plain"]
-    read_obeyed = c["negations"]["composed"]["negations_obeyed"]
-    assert read_obeyed > 0.9 and read_obeyed > ignores["composed"]["negations"]["composed"]["negations_obeyed"] + 0.1
+    for key in ("terms", "denials"):
+        c, ignored = reads["composed"][key], ignores["composed"][key]
+        assert len(c["prompts"]) == len({p["text"] for p in suite if p["negated"] or p["group"] == "heldout"})
+        assert c["heldout"]["composed"]["images"] == c["heldout"]["plain"]["images"] == 2 * 2
+        assert c["negations"]["composed"]["negations"] == c["negations"]["plain"]["negations"] == 2 * len(denying) > 0
+        for pair in c["prompts"]:
+            terms = parse_prompt(pair["composed"]).terms
+            denials = sum(p["negated"] != [] for p in suite if p["text"] == pair["plain"])
+            assert "AND" not in pair["plain"] and sum(t.weight < 0 for t in terms) == denials
+            assert len(terms) > 1 or key == "denials"
+        # The plain images are the same in both runs; only the composed ones differ.
+        assert ignored["negations"]["plain"] == c["negations"]["plain"]
+        read_obeyed = c["negations"]["composed"]["negations_obeyed"]
+        assert read_obeyed > 0.9 and read_obeyed > ignored["negations"]["composed"]["negations_obeyed"] + 0.1
     table = composed_table(reads)
-    assert "held-out combinations" in table and "denials obeyed" in table
+    assert "held-out combinations" in table and "denials obeyed" in table and "description AND NOT" in table
     off = evaluate(ComposingStandIn(images, rows), LookupJudge(images, rows), synth_dir,
                    EvalConfig(**{**cfg.__dict__, "composed": False}), None, progress=False, log=lambda *_: None)
     assert off["composed"] is None and composed_table(off) == ""

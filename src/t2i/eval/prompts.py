@@ -30,9 +30,11 @@ import torch
 
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
 from t2i.data.captions import (
+    DENIAL_WEIGHT,
     TWO_SIDED,
     VOCAB,
     complete_caption,
+    denied_caption,
     negatable_attributes,
     salient_mentions,
     varied_attributes,
@@ -238,9 +240,10 @@ def composed_text(prompt: Prompt, scored: tuple[str, ...]) -> str:
     One term per requested attribute, each keeping the subject (sex, age) as the training's
     partial captions do; hair colour and texture share one term ("wavy blond hair"), as in a
     caption. Each explicit denial becomes a NOT term naming the attribute without the subject
-    (a NOT term with the subject would cancel the subject's guidance). Every weight is 1, as
+    (`denied_caption`). Every weight is 1, as
     people write `AND`. A request of the subject alone is one term; terms beyond MAX_TERMS are
-    merged into the last positive term."""
+    merged into the last positive term. This is the conjunction of Liu et al. 2022;
+    `denial_text` composes only the denials."""
     signed = np.where(prompt.requested, 1, -1)
     subject = [a for a in TWO_SIDED if a in scored]
     groups: list[list[str]] = []
@@ -258,8 +261,17 @@ def composed_text(prompt: Prompt, scored: tuple[str, ...]) -> str:
     while len(groups) + len(prompt.negated) > MAX_TERMS and len(groups) > 1:
         groups[-2:] = [groups[-2] + groups[-1]]
     terms = [Term(complete_caption(signed, attributes=subject + g)) for g in groups]
-    for a in prompt.negated:
-        present = signed.copy()
-        present[ATTRIBUTE_INDEX[a]] = 1 if VOCAB[a].salient else -1  # "a beard" for a denied beard
-        terms.append(Term(complete_caption(present, attributes=[a]), -1.0))
+    terms += [Term(denied_caption(a), -1.0) for a in prompt.negated]
+    return str(ComposedPrompt(tuple(terms)))
+
+
+def denial_text(prompt: Prompt, scored: tuple[str, ...], weight: float = DENIAL_WEIGHT) -> str:
+    """`prompt`'s request as its description in one term and a NOT term per explicit denial:
+
+        a photo of a young woman with blond hair AND NOT a photo of a person wearing a hat :0.5
+
+    A prompt without a denial is its plain text, sampled exactly as the plain prompt."""
+    signed = np.where(prompt.requested, 1, -1)
+    terms = [Term(complete_caption(signed, attributes=scored))]
+    terms += [Term(denied_caption(a), -weight) for a in prompt.negated]
     return str(ComposedPrompt(tuple(terms)))

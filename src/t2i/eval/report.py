@@ -287,32 +287,43 @@ def headline_table(report: dict) -> str:
     return title + "\n" + "\n".join(lines)
 
 
-def composed_rows(report: dict) -> list[tuple[str, str, str, str]]:
-    """(prompts, metric, plain prompt, composed prompt) rows of the plain-vs-composed comparison."""
+COMPOSED_HEADER = ("prompts", "metric", "plain prompt", "composed: a term per attribute",
+                   "composed: description AND NOT denial")
+
+
+def composed_rows(report: dict) -> list[tuple[str, ...]]:
+    """(prompts, metric, plain prompt, then each composed form) rows of the plain-vs-composed
+    comparison (`t2i.eval.run.COMPOSED_FORMS`: "terms", then "denials")."""
     c = report.get("composed") or {}
+    forms = [c[k] for k in ("terms", "denials") if c.get(k)]
+    if not forms:
+        return []
     rows = []
     for group, title in (("heldout", "held-out combinations"), ("negations", "prompts with a denial")):
-        pair = c.get(group)
-        if not pair:
+        pairs = [f.get(group) for f in forms]
+        if not all(pairs):
             continue
-        p, q = pair["plain"], pair["composed"]
-        rows.append((title, "balanced", _ci(p, "macro_balanced"), _ci(q, "macro_balanced")))
-        rows.append((title, "all-correct", _ci(p, "all_correct_rate"), _ci(q, "all_correct_rate")))
-        if group == "negations":
-            rows.append((title, f"denials obeyed ({p.get('negations', 0)})", _ci(p, "negations_obeyed"),
-                         _ci(q, "negations_obeyed")))
+        plain = pairs[0]["plain"]
+        rows.append((title, "balanced", _ci(plain, "macro_balanced"),
+                     *(_ci(q["composed"], "macro_balanced") for q in pairs)))
+        rows.append((title, "all-correct", _ci(plain, "all_correct_rate"),
+                     *(_ci(q["composed"], "all_correct_rate") for q in pairs)))
+        if plain.get("negations"):
+            rows.append((title, f"denials obeyed ({plain['negations']})", _ci(plain, "negations_obeyed"),
+                         *(_ci(q["composed"], "negations_obeyed") for q in pairs)))
     if rows:
         rows.append(("", "seconds per image", fmt(report["timing"]["seconds_per_image"], 4),
-                     fmt(c.get("seconds_per_image"), 4)))
+                     *(fmt(f.get("seconds_per_image"), 4) for f in forms)))
     return rows
 
 
 def composed_table(report: dict) -> str:
-    """The same requests as one plain prompt and as a composed prompt (`a AND b AND NOT c`)."""
-    rows = [("prompts", "metric", "plain prompt", "composed")] + composed_rows(report)
-    if len(rows) == 1:
+    """The same requests as one plain prompt and composed (`a AND b AND NOT c`)."""
+    rows = composed_rows(report)
+    if not rows:
         return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    rows = [COMPOSED_HEADER[: len(rows[0])]] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
@@ -343,14 +354,28 @@ def wording_table(report: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+SWEEP_HEADER = ("sampler", "steps", "guidance", "balanced", "all-correct", "default - this: balanced",
+                "default - this: all-correct", "FD", "s/image")
+
+
+def sweep_rows(report: dict) -> list[tuple[str, ...]]:
+    """One row per sweep setting: its figures with 95% intervals, and the paired gap of the
+    default setting over it (blank on the default's own row)."""
+    out = []
+    for r in report.get("sweep") or []:
+        gap = r.get("gap_to_default") or {}
+        gaps = [fmt_ci((gap.get(k) or {}).get("gap"), (gap.get(k) or {}).get("interval")) if gap else ""
+                for k in ("macro_balanced", "all_correct_rate")]
+        out.append((r["sampler"], str(r["steps"]), fmt(r["guidance"], 1), _ci(r, "macro_balanced"),
+                    _ci(r, "all_correct_rate"), *gaps, fmt(r["fd"], 2), fmt(r["seconds_per_image"], 4)))
+    return out
+
+
 def sweep_table(report: dict) -> str:
-    sweep = report.get("sweep") or []
-    if not sweep:
+    rows = sweep_rows(report)
+    if not rows:
         return ""
-    rows = [("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "s/image")]
-    for r in sweep:
-        rows.append((r["sampler"], str(r["steps"]), fmt(r["guidance"], 1), fmt(r["macro_balanced"]),
-                     fmt(r["all_correct_rate"]), fmt(r["fd"], 2), fmt(r["seconds_per_image"], 4)))
+    rows = [SWEEP_HEADER] + rows
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -419,12 +444,19 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
                          f"{t['n_pos']}/{t['n_neg']}", fmt(h.get("balanced")), fmt(c["balanced"]), fmt(fl["balanced"])))
         parts.append(_table(rows, ("attribute", "balanced", "hit rate", "rejection rate", "asked yes/no",
                                    "held-out balanced", "real (ceiling)", "shuffled (floor)")))
-    if composed_rows(report):
+    rows = composed_rows(report)
+    if rows:
         parts.append("<h2>Plain vs composed prompts</h2>")
-        parts.append(_table(composed_rows(report), ("prompts", "metric", "plain prompt", "composed")))
-        parts.append(f"<p class='note'>The same requests written as one prompt and as composed terms "
-                     f"(Liu et al. 2022): {html.escape(report['composed']['form'])}. Example: "
-                     f"<code>{html.escape(report['composed']['prompts'][0]['composed'])}</code></p>")
+        parts.append(_table(rows, COMPOSED_HEADER[: len(rows[0])]))
+        for key, title in (("terms", "A term per attribute"), ("denials", "Description AND NOT denial")):
+            form = report["composed"].get(key)
+            if form:
+                example = next((p["composed"] for p in form["prompts"] if " AND " in p["composed"]),
+                               form["prompts"][0]["composed"])
+                parts.append(f"<p class='note'>{title}: {html.escape(form['form'])}. Example: "
+                             f"<code>{html.escape(example)}</code></p>")
+        parts.append("<p class='note'>The same requests written as one prompt and as composed terms, combined as "
+                     "the conjunction and negation of Liu et al. 2022.</p>")
     if wording_rows(report):
         parts.append("<h2>The words and sentence shapes people use</h2>")
         parts.append(_table(wording_rows(report), ("suite", "metric", "canonical wording", "other wording",
@@ -441,11 +473,12 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
             if key in plots:
                 parts.append(f"<img src='data:image/png;base64,{plots[key]}'>")
         sw = report["sweep"]
-        parts.append(_table([(r["sampler"], r["steps"], r["guidance"], fmt(r["macro_balanced"]), fmt(r["all_correct_rate"]),
-                              fmt(r["fd"], 2), fmt(r.get("fd_real_vs_real"), 2), fmt(r["seconds_per_image"], 4), r["images"])
-                             for r in sw],
-                            ("sampler", "steps", "guidance", "balanced", "all-correct", "FD", "FD real/real (same n)",
-                             "s/image", "images")))
+        parts.append(_table(sweep_rows(report), SWEEP_HEADER))
+        parts.append(f"<p class='note'>{sw[0]['images']} images a setting, one per test row drawn at random, every "
+                     f"setting from the same start noise. Intervals are 95% bootstrap intervals over the prompts; "
+                     f"the gap is the default setting's figure minus the row's, resampled in pairs (an interval "
+                     f"below zero: the row is better). FD real/real at the same n: "
+                     f"{fmt(sw[0].get('fd_real_vs_real'), 2)}.</p>")
     for title, grid in grids.items():
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{png_base64(grid)}'>")
     parts.append("<h2>Raw numbers</h2><p class='note'>All numbers are in report.json beside this file.</p>")

@@ -34,6 +34,7 @@ from PIL import Image
 from t2i.attributes import ATTRIBUTE_INDEX
 from t2i.checkpoint import atomic_write_json
 from t2i.config import add_recipe_arguments, recipe_from_args, recipe_to_dict
+from t2i.data.captions import DENIAL_WEIGHT
 from t2i.data.options import DataOptions, add_data_arguments, data_options_from_args
 from t2i.diffusion.samplers import SAMPLERS
 from t2i.eval.caption_eval import evaluate_captions
@@ -55,6 +56,7 @@ from t2i.eval.prompts import (
     caption_rows,
     column_shuffled,
     composed_text,
+    denial_text,
     shuffled_rows,
 )
 from t2i.eval.report import (
@@ -357,28 +359,30 @@ def report_grids(suite: PromptSuite, generated: _Generated, scored: tuple[str, .
     return grids
 
 
+# The composed forms `compare_composed` measures: (key, how the request is written, text builder).
+COMPOSED_FORMS = (
+    ("terms", "one term per requested attribute (subject kept, hair words together), NOT per explicit denial, "
+              "every weight 1", composed_text),
+    ("denials", f"the request's description as one term, NOT per explicit denial at weight {DENIAL_WEIGHT:g}",
+     denial_text),
+)
+
+
 def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tensor, requested: np.ndarray,
                      negated: list[tuple[str, ...]], cfg: EvalConfig, progress: bool) -> dict | None:
-    """The held-out combinations and every prompt with an explicit denial, generated again
-    from their composed form (`composed_text`: one term per attribute, NOT per denial) and
-    scored against the same requests as the plain prompts' images (`plain_verdicts`, (P*K, 40),
-    from the suite's own run, so the two sets share settings but not start noise)."""
+    """The held-out combinations and every prompt with an explicit denial, generated again in
+    each of the COMPOSED_FORMS and scored against the same requests as the plain prompts' images
+    (`plain_verdicts`, (P*K, 40), from the suite's own run, so the sets share settings but not
+    start noise). {form: {"form", "heldout", "negations", "prompts", "seconds_per_image", "images"}}."""
     K = cfg.n_per_prompt
     held = suite.group("heldout")
     denying = [i for i, p in enumerate(suite.prompts) if p.negated]
     chosen = list(dict.fromkeys(held + denying))
     if not chosen:
         return None
-    texts = [composed_text(suite.prompts[i], suite.scored) for i in chosen]
-    # A composed image runs (terms + 1) UNet rows a step: keep a call's rows near a plain call's.
-    rows_per_image = max(len(parse_prompt(t).terms) for t in texts) + 1
-    batch = max(K, cfg.batch_size * 2 // rows_per_image)
-    images, seconds = generate_images(pipe, texts, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed, batch,
-                                      "composed", progress, composed=True)
-    verdicts, _ = judge_images(judge, images)
     at = {i: n for n, i in enumerate(chosen)}
 
-    def both(ids: list[int]) -> dict | None:
+    def both(ids: list[int], verdicts: torch.Tensor) -> dict | None:
         if not ids:
             return None
         plain_rows = [i * K + k for i in ids for k in range(K)]
@@ -389,18 +393,27 @@ def compare_composed(pipe, judge, suite: PromptSuite, plain_verdicts: torch.Tens
                                         pair[0], requested[plain_rows], suite.scored, K, denied, cfg),
                 "composed": with_intervals(faithfulness(pair[1], requested[plain_rows], suite.scored, denied),
                                            pair[1], requested[plain_rows], suite.scored, K, denied, cfg),
-                "gap": (bootstrap_gap(*pair, requested[plain_rows], suite.scored, K, denied, cfg.bootstrap, cfg.seed)
-                        if cfg.bootstrap else None)}
+                "gap": (bootstrap_gap(*pair, requested[plain_rows], suite.scored, K, denied, cfg.bootstrap,
+                                      cfg.seed) if cfg.bootstrap else None)}
 
-    return {
-        "form": "one term per requested attribute (subject kept, hair words together), NOT per explicit denial, "
-                "every weight 1; same steps, sampler and guidance as the plain prompts",
-        "heldout": both(held),
-        "negations": both(denying),
-        "prompts": [{"plain": suite.prompts[i].text, "composed": t} for i, t in zip(chosen, texts)],
-        "seconds_per_image": seconds / max(1, len(images)),
-        "images": int(len(images)),
-    }
+    out = {}
+    for key, form, compose in COMPOSED_FORMS:
+        texts = [compose(suite.prompts[i], suite.scored) for i in chosen]
+        # A composed image runs (terms + 1) UNet rows a step: keep a call's rows near a plain call's.
+        rows_per_image = max(len(parse_prompt(t).terms) for t in texts) + 1
+        batch = max(K, cfg.batch_size * 2 // rows_per_image)
+        images, seconds = generate_images(pipe, texts, K, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed, batch,
+                                          f"composed-{key}", progress, composed=True)
+        verdicts, _ = judge_images(judge, images)
+        out[key] = {
+            "form": form + "; same steps, sampler and guidance as the plain prompts",
+            "heldout": both(held, verdicts),
+            "negations": both(denying, verdicts),
+            "prompts": [{"plain": suite.prompts[i].text, "composed": t} for i, t in zip(chosen, texts)],
+            "seconds_per_image": seconds / max(1, len(images)),
+            "images": int(len(images)),
+        }
+    return out
 
 
 def with_intervals(figures: dict, verdicts, requested, scored, K: int, negated, cfg: EvalConfig) -> dict:
@@ -476,25 +489,37 @@ def sweep_settings(cfg: EvalConfig, samplers: list[str]) -> list[tuple[str, int,
 def run_sweep(pipe, judge, scored: tuple[str, ...], rows: np.ndarray, real: torch.Tensor, cfg: EvalConfig,
               meter: FDMeter, progress: bool, log) -> list[dict]:
     """Each setting generates one image for each of `rows` (test rows drawn at random, the
-    attributes of the real images `real`), scored for faithfulness and FD from the same images."""
+    attributes of the real images `real`), scored for faithfulness and FD from the same images.
+    Each row carries 95% bootstrap intervals over the prompts and, but for the default
+    setting's own row, "gap_to_default": default minus this setting with its paired interval
+    (every setting draws the same prompts from the same start noise, so the pairing is exact)."""
     samplers = list(SAMPLERS)
     prompts = caption_rows(rows, scored)
     n = len(prompts)
     fd_floor = meter.fd(real) if n >= 2 else None
-    results = []
+    default = (cfg.sampler, cfg.steps, cfg.guidance)
+    results, verdicts_of = [], {}
     for sampler, steps, guidance in sweep_settings(cfg, samplers):
         # Every setting starts from the same noise (same tag and seeds): only the setting differs.
         images, seconds = generate_images(pipe, prompts, 1, steps, guidance, sampler, cfg.seed, cfg.batch_size,
                                           "sweep", progress)
         verdicts, _ = judge_images(judge, images)
-        f = faithfulness(verdicts, rows, scored)
+        verdicts_of[(sampler, steps, guidance)] = verdicts
+        f = with_intervals(faithfulness(verdicts, rows, scored), verdicts, rows, scored, 1, None, cfg)
         row = {"sampler": sampler, "steps": steps, "guidance": guidance, "macro_balanced": f["macro_balanced"],
-               "all_correct_rate": f["all_correct_rate"], "fd": meter.fd(images) if n >= 2 else None,
+               "all_correct_rate": f["all_correct_rate"], "intervals": f.get("intervals"),
+               "fd": meter.fd(images) if n >= 2 else None,
                "fd_real_vs_real": fd_floor, "seconds_per_image": seconds / n, "images": n}
         results.append(row)
         log(f"[eval] sweep {sampler:>14} {steps:4d} steps guidance {guidance:4.1f}: balanced "
             f"{fmt(row['macro_balanced'])} all-correct {fmt(row['all_correct_rate'])} FD {fmt(row['fd'], 2)} "
             f"{row['seconds_per_image'] * 1000:.1f} ms/img")
+    if default in verdicts_of and cfg.bootstrap > 0:
+        for row in results:
+            setting = (row["sampler"], row["steps"], row["guidance"])
+            if setting != default:
+                row["gap_to_default"] = bootstrap_gap(verdicts_of[default], verdicts_of[setting], rows, scored, 1,
+                                                      None, cfg.bootstrap, cfg.seed)
     return results
 
 
