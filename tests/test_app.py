@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from t2i.app.limits import GenerationRequest, Limits, RequestError, clean_text, validate_request
+from t2i.prompt_syntax import parse_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import tiny_model_fixture  # noqa: E402
@@ -121,7 +122,7 @@ def test_validation_names_the_field_and_cleans_prompts():
     limits = Limits(max_steps=50, max_images=4, max_prompt_chars=300)
     r = validate_request(limits, " a  bald\tman\n\x07with ｇｌａｓｓｅｓ\u200b\u202e 🙂 ", steps=10.0, seed=5,
                          num_images=2)
-    assert r == GenerationRequest("a bald man with glasses 🙂", "", 10, 3.0, "dpm++2m", 5, 2)
+    assert r == GenerationRequest("a bald man with glasses 🙂", "", 10, 3.0, "euler-a", 5, 2)
     assert clean_text("caf\u0065\u0301 \ud800x", "prompt", 50) == "café x"  # NFKC; lone surrogate dropped
     cases = [
         (dict(steps=51), "steps must be an integer in \\[1, 50\\], got 51"),
@@ -149,8 +150,14 @@ def test_compose_prompt_uses_the_training_vocabulary():
     from t2i.data.captions import caption_mentions
 
     text = compose_prompt("woman", "young", ["Smiling", "Blond_Hair", "Eyeglasses"], ["Wearing_Hat"])
-    assert caption_mentions(text) == {"Male": False, "Young": True, "Smiling": True, "Blond_Hair": True,
-                                      "Eyeglasses": True, "Wearing_Hat": False}
+    # What is ruled out is a NOT term of its own (obeyed far more often than "without a hat").
+    described, denied = parse_prompt(text).terms
+    assert caption_mentions(described.text) == {"Male": False, "Young": True, "Smiling": True,
+                                                "Blond_Hair": True, "Eyeglasses": True}
+    assert caption_mentions(denied.text) == {"Wearing_Hat": True} and denied.weight == -0.5
+    assert text == described.text + " AND NOT a photo of a person wearing a hat :0.5"
+    # Ticked and ruled out counts as ticked: a plain prompt, sampled as one.
+    assert parse_prompt(compose_prompt("woman", "any", ["Eyeglasses"], ["Eyeglasses"])).is_plain
     assert caption_mentions(compose_prompt("man", "any", ["No_Beard"])) == {"Male": True, "No_Beard": False}
     with pytest.raises(RequestError, match="unknown attribute"):
         compose_prompt(present=["../../etc/passwd"])

@@ -138,7 +138,7 @@ def test_generate_cli_writes_pngs_with_metadata(tiny_model, tmp_path, capsys):
     assert len(pngs) == 2 and (out / "0001" / "grid.png").is_file()
     meta = json.loads(Image.open(pngs[1]).text["t2i"])
     assert meta["prompt"] == "a smiling man" and meta["seed"] == 6 and meta["steps"] == 3  # its own seed: 5 + 1
-    assert meta["index"] == 1 and meta["sampler"] == "dpm++2m"
+    assert meta["index"] == 1 and meta["sampler"] == "euler-a"
     assert "s per image" in capsys.readouterr().out
 
 

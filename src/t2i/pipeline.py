@@ -53,9 +53,13 @@ from t2i.prompt_syntax import ComposedPrompt, PromptSyntaxError, parse_prompt
 from t2i.text_encoder import TOKENIZER_NAME, TextEncoder
 from t2i.vocabulary import VOCABULARY_NAME, UnseenWord, Vocabulary, unseen_message
 
-DEFAULT_STEPS = 20
+# Chosen by `t2i eval --sweep` on the demo model (384 test rows a setting, paired 95% intervals):
+# Euler ancestral got all attributes right on 0.805 of images at 20 steps against DPM-Solver++'s
+# 0.747 (gap 0.057 [0.016, 0.099]), and 10 steps scored as 20 (0.823; gap -0.018 [-0.050, 0.013])
+# in half the time. Guidance 5 gained 0.009 balanced but raised FD from 15.4 to 22.7.
+DEFAULT_STEPS = 10
 DEFAULT_GUIDANCE = 3.0
-DEFAULT_SAMPLER = "dpm++2m"
+DEFAULT_SAMPLER = "euler-a"
 MAX_STEPS = 1000
 MAX_IMAGES_PER_CALL = 256
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

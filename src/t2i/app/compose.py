@@ -3,7 +3,9 @@
 The model learned from captions assembled by `t2i.data.captions`; a prompt written in the same
 phrases is the one it follows best. The web app's checkboxes call `compose_prompt`, which
 fills an attribute vector and hands it to `complete_caption` (the canonical, deterministic
-wording), mentioning only what the user ticked.
+wording), mentioning only what the user ticked. What the user rules out becomes a composed
+`NOT` term (`t2i.prompt_syntax`) rather than "without ...": `t2i eval` measures both forms,
+and on the demo model the NOT term is obeyed far more often (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import numpy as np
 
 from t2i.app.limits import RequestError
 from t2i.attributes import ATTRIBUTE_INDEX, NUM_ATTRIBUTES
-from t2i.data.captions import CAPTIONED_ATTRIBUTES, TWO_SIDED, VOCAB, complete_caption
+from t2i.data.captions import (
+    CAPTIONED_ATTRIBUTES,
+    DENIAL_WEIGHT,
+    TWO_SIDED,
+    VOCAB,
+    complete_caption,
+    denied_caption,
+)
+from t2i.prompt_syntax import ComposedPrompt, Term
 
 SEX_CHOICES = ("any", "man", "woman")
 AGE_CHOICES = ("any", "young", "old")
@@ -36,8 +46,8 @@ def choices(names) -> list[tuple[str, str]]:
 
 
 def compose_prompt(sex: str = "any", age: str = "any", present=(), absent=(), allowed=None) -> str:
-    """The canonical caption for the ticked attributes. `absent` are explicit negatives; an
-    attribute both ticked and negated counts as ticked. `allowed` restricts the names (the
+    """The canonical caption for the ticked attributes, and a `NOT ... :0.5` term for each of
+    `absent` (explicit negatives); an attribute both ticked and negated counts as ticked. `allowed` restricts the names (the
     attributes the model was trained on); anything else is an error naming it."""
     allowed = set(PRESENT_ATTRIBUTES if allowed is None else allowed)
     present, absent = list(present or ()), list(absent or ())
@@ -65,5 +75,5 @@ def compose_prompt(sex: str = "any", age: str = "any", present=(), absent=(), al
     if age != "any":
         attrs[ATTRIBUTE_INDEX["Young"]] = 1 if age == "young" else -1
         mentioned.append("Young")
-    negate = [a for a in absent if a not in present]
-    return complete_caption(attrs, negate=negate, attributes=mentioned)
+    denied = [Term(denied_caption(a), -DENIAL_WEIGHT) for a in dict.fromkeys(absent) if a not in present]
+    return str(ComposedPrompt((Term(complete_caption(attrs, attributes=mentioned)), *denied)))
