@@ -115,7 +115,7 @@ def test_prompt_generate_previews_then_results(page, tmp_path):
     gallery.first.wait_for(timeout=30_000)
     assert gallery.count() == 2
     info = page.locator("#t2i-info").inner_text()
-    assert "sampler dpm++2m" in info and "40 steps" in info and "s per image" in info
+    assert "sampler euler-a" in info and "40 steps" in info and "s per image" in info
 
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -47,8 +47,9 @@ def choices(names) -> list[tuple[str, str]]:
 
 def compose_prompt(sex: str = "any", age: str = "any", present=(), absent=(), allowed=None) -> str:
     """The canonical caption for the ticked attributes, and a `NOT ... :0.5` term for each of
-    `absent` (explicit negatives); an attribute both ticked and negated counts as ticked. `allowed` restricts the names (the
-    attributes the model was trained on); anything else is an error naming it."""
+    `absent` (explicit negatives); an attribute both ticked and negated counts as ticked.
+    `allowed` restricts the names (the attributes the model was trained on); anything else is
+    an error naming it."""
     allowed = set(PRESENT_ATTRIBUTES if allowed is None else allowed)
     present, absent = list(present or ()), list(absent or ())
     if sex not in SEX_CHOICES:

@@ -378,9 +378,9 @@ def complete_caption(attrs, rng: random.Random | None = None, negate=(), attribu
 
 # The weight of the NOT terms t2i writes (the web demo's "explicitly without" boxes, `t2i eval`'s
 # denial form). On the demo model (44 prompts with a denial x 4 images, dpm++2m, 20 steps, each
-# weight from the same start noise), NOT at 0.5 obeyed 0.99 of the denials and got 0.58 of the images all
-# correct; at 1, 0.99 and 0.40 (it pushes the rest of the picture around); the plain
-# "without ..." prompt, 0.83 and 0.52.
+# weight from the same start noise), NOT at 0.5 obeyed 0.99 of the denials and got 0.58 of the
+# images all correct; at 1, 0.99 and 0.40 (it pushes the rest of the picture around); the
+# plain "without ..." prompt, 0.83 and 0.52.
 DENIAL_WEIGHT = 0.5
 
 

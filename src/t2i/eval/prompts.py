@@ -240,10 +240,9 @@ def composed_text(prompt: Prompt, scored: tuple[str, ...]) -> str:
     One term per requested attribute, each keeping the subject (sex, age) as the training's
     partial captions do; hair colour and texture share one term ("wavy blond hair"), as in a
     caption. Each explicit denial becomes a NOT term naming the attribute without the subject
-    (`denied_caption`). Every weight is 1, as
-    people write `AND`. A request of the subject alone is one term; terms beyond MAX_TERMS are
-    merged into the last positive term. This is the conjunction of Liu et al. 2022;
-    `denial_text` composes only the denials."""
+    (`denied_caption`). Every weight is 1, as people write `AND`. A request of the subject alone
+    is one term; terms beyond MAX_TERMS are merged into the last positive term. This is the
+    conjunction of Liu et al. 2022; `denial_text` composes only the denials."""
     signed = np.where(prompt.requested, 1, -1)
     subject = [a for a in TWO_SIDED if a in scored]
     groups: list[list[str]] = []
