@@ -287,21 +287,28 @@ def headline_table(report: dict) -> str:
     return title + "\n" + "\n".join(lines)
 
 
-COMPOSED_HEADER = ("prompts", "metric", "plain prompt", "composed: a term per attribute",
-                   "composed: description AND NOT denial")
+# The composed forms (`t2i.eval.run.COMPOSED_FORMS`) as the report titles them.
+COMPOSED_TITLES = (("terms", "a term per attribute"), ("denials", "description AND NOT denial"))
+
+
+def _composed_forms(report: dict) -> list[tuple[str, dict]]:
+    """(title, form) for each composed form the report holds, in COMPOSED_TITLES order."""
+    c = report.get("composed") or {}
+    return [(title, c[key]) for key, title in COMPOSED_TITLES if c.get(key)]
+
+
+def composed_header(report: dict) -> tuple[str, ...]:
+    return ("prompts", "metric", "plain prompt", *(f"composed: {t}" for t, _ in _composed_forms(report)))
 
 
 def composed_rows(report: dict) -> list[tuple[str, ...]]:
     """(prompts, metric, plain prompt, then each composed form) rows of the plain-vs-composed
-    comparison (`t2i.eval.run.COMPOSED_FORMS`: "terms", then "denials")."""
-    c = report.get("composed") or {}
-    forms = [c[k] for k in ("terms", "denials") if c.get(k)]
-    if not forms:
-        return []
+    comparison."""
+    forms = [f for _, f in _composed_forms(report)]
     rows = []
     for group, title in (("heldout", "held-out combinations"), ("negations", "prompts with a denial")):
         pairs = [f.get(group) for f in forms]
-        if not all(pairs):
+        if not pairs or not all(pairs):
             continue
         plain = pairs[0]["plain"]
         rows.append((title, "balanced", _ci(plain, "macro_balanced"),
@@ -322,7 +329,7 @@ def composed_table(report: dict) -> str:
     rows = composed_rows(report)
     if not rows:
         return ""
-    rows = [COMPOSED_HEADER[: len(rows[0])]] + rows
+    rows = [composed_header(report)] + rows
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -447,14 +454,12 @@ def render_html(report: dict, grids: dict[str, Image.Image], plots: dict[str, st
     rows = composed_rows(report)
     if rows:
         parts.append("<h2>Plain vs composed prompts</h2>")
-        parts.append(_table(rows, COMPOSED_HEADER[: len(rows[0])]))
-        for key, title in (("terms", "A term per attribute"), ("denials", "Description AND NOT denial")):
-            form = report["composed"].get(key)
-            if form:
-                example = next((p["composed"] for p in form["prompts"] if " AND " in p["composed"]),
-                               form["prompts"][0]["composed"])
-                parts.append(f"<p class='note'>{title}: {html.escape(form['form'])}. Example: "
-                             f"<code>{html.escape(example)}</code></p>")
+        parts.append(_table(rows, composed_header(report)))
+        for title, form in _composed_forms(report):
+            example = next((p["composed"] for p in form["prompts"] if " AND " in p["composed"]),
+                           form["prompts"][0]["composed"])
+            parts.append(f"<p class='note'>{html.escape(title[0].upper() + title[1:])}: {html.escape(form['form'])}. "
+                         f"Example: <code>{html.escape(example)}</code></p>")
         parts.append("<p class='note'>The same requests written as one prompt and as composed terms, combined as "
                      "the conjunction and negation of Liu et al. 2022.</p>")
     if wording_rows(report):
