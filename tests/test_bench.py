@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from t2i.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +31,17 @@ def test_time_to_quality_records_one_point_per_evaluation(tiny_model, synth_dir,
     result = bench.main(["--model", str(model), "--data", str(synth_dir), "--preset", "tiny", "--steps", "4",
                          "--every", "2", "--eval-prompts", "2", "--fd-images", "4", "--max-real", "16",
                          "--work", str(tmp_path / "work"), "--out", str(out)])
-    points = json.loads(out.read_text())["points"]
-    assert points == result["points"]
+    (run,) = json.loads(out.read_text())["runs"]
+    points = run["points"]
+    assert run == result["runs"][0] and run["clip"] == str(model)
     assert [p["step"] for p in points] == [2, 4]  # the final step is evaluated once
     assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
+    # The whole pipeline's clock: the VAE's and CLIP's recorded training time come first.
+    upstream = run["upstream_seconds"]
+    assert upstream["vae"] > 0 and upstream["clip"] > 0
     for p in points:
         assert 0 <= p["faithfulness_balanced"] <= 1 and p["fd_judge"] >= 0
+        assert p["pipeline_seconds"] == pytest.approx(sum(upstream.values()) + p["train_seconds"], abs=0.1)
     assert out.with_suffix(".png").stat().st_size > 0
 
 

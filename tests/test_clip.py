@@ -42,6 +42,28 @@ def test_shapes_and_any_image_size(model, tok):
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
 
 
+def test_a_latent_tower_scores_pixels_through_its_vae(tok):
+    from t2i.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(channels=(8, 16, 16), num_res_blocks=1, scale=0.5, shift=0.1)).eval()  # 32 px -> 4x8x8
+    clip = CLIP(CLIPConfig(vocab_size=tok.vocab_size, **{**TINY, "image_size": 8}, image_input="latents",
+                           stem_stride=1)).eval()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with pytest.raises(RuntimeError, match="attach its VAE"):
+        clip.encode_image(pixels)
+    with pytest.raises(ValueError, match="reads VAE latents"):
+        clip.image(pixels)  # the tower itself takes latents only
+    clip.attach_vae(vae)
+    latents = vae.normalize(vae.encode(pixels).mean)  # (2, 4, 8, 8): what the tower was trained on
+    with torch.no_grad():
+        assert torch.equal(clip.encode_image(pixels), clip.image(latents))
+        # Other sizes are resized to the VAE's input size first, as a pixel tower resizes.
+        assert clip.encode_image(torch.rand(2, 3, 48, 48) * 2 - 1).shape == (2, 16)
+    # The VAE is borrowed, not part of CLIP's weights.
+    assert not any(k.startswith("_vae") or "encoder.conv" in k for k in clip.state_dict())
+
+
 def test_logit_scale_is_clamped_at_100(tok):
     m = CLIP(CLIPConfig(vocab_size=tok.vocab_size, **TINY))
     with torch.no_grad():
@@ -317,6 +339,28 @@ def test_resume_continues_at_the_right_step(synth_dir, tmp_path):
     a = load_file(straight / "clip" / "model.safetensors")
     b = load_file(resumed / "clip" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_clip_on_latents_trains_after_the_latent_cache(synth_dir, tmp_path, capsys):
+    import json
+
+    from t2i.cli import main
+
+    latent_tower = ["--set", "clip.model.image_input=latents", "--set", "clip.model.image_size=8"]
+    # Alone, it names what it lacks.
+    assert _train(synth_dir, tmp_path / "alone", "--steps", "1", *latent_tower) != 0
+    assert "this CLIP reads VAE latents" in capsys.readouterr().err
+    # In `t2i train all`, the latent cache is written before CLIP, which trains on it.
+    out = tmp_path / "model"
+    assert main(["train", "all", "--data", str(synth_dir), "--out", str(out), "--preset", "tiny",
+                 "--skip", "unet", "judge", "eval", *latent_tower]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert list(index["stages"]) == ["vae", "encode", "clip"]
+    metrics = json.loads((out / "clip" / "metrics.json").read_text())
+    assert metrics["steps"] == 20 and 0 <= metrics["zeroshot_mean_accuracy"] <= 1  # scored through the VAE
+    enc = TextEncoder.from_pretrained(out)
+    assert enc.clip.config.image_input == "latents"
+    assert enc.image_features(torch.rand(3, 3, 32, 32) * 2 - 1).shape == (3, enc.embed_dim)
 
 
 def test_attribute_prompt_pairs_differ_only_in_that_attribute():

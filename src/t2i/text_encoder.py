@@ -1,7 +1,7 @@
 """The frozen text encoder the denoiser conditions on, plus CLIP-score helpers.
 
 `TextEncoder.from_pretrained(model_dir)` loads `model_dir/tokenizer.json` and `model_dir/clip/`
-(safetensors + JSON only). `encode(prompts)` returns what the UNet's cross-attention needs:
+(safetensors + JSON only), and `model_dir/vae/` too when CLIP's image tower reads latents. `encode(prompts)` returns what the UNet's cross-attention needs:
 per-token hidden states, their padding mask and the pooled (EOS) embedding. The empty string
 `""` encodes as `<bos> <eos>` and is the unconditional input for classifier-free guidance.
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from t2i.checkpoint import CONFIG_NAME, inside, load_component, resolve_component
 from t2i.models.clip import CLIP, CLIPConfig
+from t2i.models.vae import VAE, VAEConfig
 from t2i.tokenizer import CaptionTokenizer
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -83,6 +84,9 @@ class TextEncoder(nn.Module):
         clip_dir = resolve_component(model_dir, "clip")
         tokenizer = CaptionTokenizer.from_file(find_tokenizer(model_dir))
         clip, _ = load_component(clip_dir, CLIP, CLIPConfig, "clip", device=device)
+        if clip.config.image_input == "latents":  # it scores pixels through the model's VAE
+            vae, _ = load_component(resolve_component(clip_dir.parent, "vae"), VAE, VAEConfig, "vae", device=device)
+            clip.attach_vae(vae)
         return cls(tokenizer, clip, frozen=frozen, token_embeddings=token_embeddings)
 
     def train(self, mode: bool = True) -> TextEncoder:

@@ -2,6 +2,8 @@
 
     data check -> vae -> clip -> encode -> unet -> judge -> eval
 
+(encode before clip when CLIP's image tower reads VAE latents: it trains on the latent cache.)
+
 On data without attribute labels (captions only) the judge is skipped with one line, and eval
 measures with the model's own CLIP (t2i.eval.caption_eval).
 
@@ -85,12 +87,16 @@ def plan(data: str, out: str, recipe: dict, seed: int, max_steps: int | None = N
             steps = ["--steps", str(min(max_steps, recipe[stage].loop.steps))]
         return ["train", stage, *common, *steps]
 
+    # A CLIP whose image tower reads VAE latents trains on the latent cache: encode runs first.
+    clip_reads_latents = recipe["clip"].model.image_input == "latents"
+    clip_stage = StageSpec("clip", "clip/model.safetensors", ("vae", "encode") if clip_reads_latents else (),
+                           train("clip"), sections=("data", "clip"))
+    encode_stage = StageSpec("encode", "latents/index.json", ("vae",),
+                             ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"),
+                              "--flip", *data_option_argv(recipe["data"])], sections=("data",))
     return [
         StageSpec("vae", "vae/model.safetensors", (), train("vae"), ("images",), ("vae",)),
-        StageSpec("clip", "clip/model.safetensors", (), train("clip"), sections=("data", "clip")),
-        StageSpec("encode", "latents/index.json", ("vae",),
-                  ["encode", "--vae", out, "--data", data, "--out", str(Path(out) / "latents"), "--flip",
-                   *data_option_argv(recipe["data"])], sections=("data",)),
+        *((encode_stage, clip_stage) if clip_reads_latents else (clip_stage, encode_stage)),
         StageSpec("unet", "unet/model.safetensors", ("vae", "clip", "encode"), train("unet"),
                   sections=("data", "unet")),
         StageSpec("judge", "judge/model.safetensors", (), train("judge"), ("images", "labels"), ("judge",)),

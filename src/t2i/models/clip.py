@@ -13,7 +13,11 @@ token still summarises everything for the pooled embedding. Padding never leaks 
 padded positions are masked out, so a prompt encodes the same alone or in a batch.
 
 The image tower reads pixels in [-1, 1] at any size; it resizes them (antialiased) to its own
-`image_size` first, so it can score dataset images and generated images alike.
+`image_size` first, so it can score dataset images and generated images alike. Or it reads
+the VAE's latents (`image_input="latents"`), as the reference project's image tower did: 16x
+fewer positions than 64 px pixels, and the latent cache makes training never touch a pixel.
+Such a CLIP still scores pixels: `encode_image` runs them through the VAE's encoder first
+(`attach_vae`).
 
 The contrastive loss lives here too (`contrastive_loss`, `positive_mask`) because it is a
 property of the model, not of a training script.
@@ -49,6 +53,10 @@ class CLIPConfig:
     # (a learned, patchify-like downsampling: full-resolution input at the cost of a smaller
     # one) then ResNet stages with one Downsample between stages.
     image_size: int = 64
+    # What the image tower reads: "pixels" (RGB in [-1, 1]) or "latents" (the VAE's normalised
+    # latents, `latent_channels` x image_size x image_size; `encode_image` makes them from pixels).
+    image_input: str = "pixels"
+    latent_channels: int = 4
     stem_stride: int = 2
     image_channels: tuple[int, ...] = (32, 64, 128)
     image_blocks: int = 1  # ResBlocks per stage
@@ -79,6 +87,8 @@ class CLIPConfig:
             )
         if self.text_pool not in ("eos", "mean"):
             raise ValueError(f"text_pool must be 'eos' or 'mean', got {self.text_pool!r}")
+        if self.image_input not in ("pixels", "latents"):
+            raise ValueError(f"image_input must be 'pixels' or 'latents', got {self.image_input!r}")
         if self.stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {self.stem_stride}")
         factor = self.stem_stride * 2 ** (len(self.image_channels) - 1)
@@ -164,11 +174,13 @@ class ImageEncoder(nn.Module):
         super().__init__()
         c = config
         self.image_size = c.image_size
+        self.pixels = c.image_input == "pixels"
+        self.in_channels = 3 if self.pixels else c.latent_channels
         chans = c.image_channels
         s = c.stem_stride
         # stride 1: 3x3 conv; stride s > 1: 2s x 2s kernel, overlapping patches (S -> S / s)
-        self.stem = (nn.Conv2d(3, chans[0], 3, padding=1) if s == 1
-                     else nn.Conv2d(3, chans[0], 2 * s, stride=s, padding=s // 2))
+        self.stem = (nn.Conv2d(self.in_channels, chans[0], 3, padding=1) if s == 1
+                     else nn.Conv2d(self.in_channels, chans[0], 2 * s, stride=s, padding=s // 2))
         layers: list[nn.Module] = []
         ch = chans[0]
         for i, out_ch in enumerate(chans):
@@ -188,11 +200,15 @@ class ImageEncoder(nn.Module):
         self.projection = nn.Linear(pooled, c.embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [-1, 1], any H, W -> (B, E) (not normalised)."""
+        """What the tower reads -> (B, E) (not normalised): images (B, 3, H, W) in [-1, 1], any
+        H, W; or normalised latents (B, latent_channels, S, S)."""
         B, C, H, W = images.shape
-        if C != 3:
-            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
         S = self.image_size
+        if self.pixels and C != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+        if not self.pixels and (C, H, W) != (self.in_channels, S, S):
+            raise ValueError(f"this image tower reads VAE latents ({self.in_channels}, {S}, {S}), got "
+                             f"shape {tuple(images.shape)}; score pixels with CLIP.encode_image")
         if (H, W) != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", antialias=True,
                                    align_corners=False)  # (B, 3, S, S)
@@ -211,6 +227,7 @@ class CLIP(nn.Module):
         self.text = TextTransformer(config)
         self.image = ImageEncoder(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        self._vae = None  # the latent tower's pixel encoder; see attach_vae
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -235,15 +252,36 @@ class CLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text(ids, mask)
 
+    def attach_vae(self, vae) -> CLIP:
+        """Give a latent-reading CLIP the (frozen) VAE whose latents it was trained on, so
+        `encode_image` can score pixels. The VAE is not a submodule: its weights stay in the
+        VAE's own component, not in CLIP's."""
+        # Set past nn.Module.__setattr__, which would register it as a submodule.
+        self.__dict__["_vae"] = vae.eval().requires_grad_(False)
+        return self
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.image(images)
+        """images (B, 3, H, W) in [-1, 1] -> (B, E) (not normalised), whatever the tower reads."""
+        if self.image.pixels:
+            return self.image(images)
+        if self._vae is None:
+            raise RuntimeError("this CLIP reads VAE latents: attach its VAE (CLIP.attach_vae) to score pixels")
+        size = self.config.image_size * self._vae.downsample_factor
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False)  # (B, 3, size, size)
+        with torch.no_grad():
+            vae = self._vae.to(images.device)
+            latents = vae.normalize(vae.encode(images.float()).mean)  # (B, C, S, S)
+        return self.image(latents.to(images.dtype))
 
     def forward(
         self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, text_buckets: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (image features (B_img, E), text features (B_txt, E), both L2-normalised; logit
-        scale). `text_buckets`: see TextTransformer.forward."""
-        img = F.normalize(self.encode_image(images), dim=-1)
+        """images: what the image tower reads (pixels, or normalised latents for
+        image_input="latents") -> (image features (B_img, E), text features (B_txt, E), both
+        L2-normalised; logit scale). `text_buckets`: see TextTransformer.forward."""
+        img = F.normalize(self.image(images), dim=-1)
         _, pooled = self.text(ids, mask, buckets=text_buckets)
         txt = F.normalize(pooled, dim=-1)
         return img, txt, self.scale()

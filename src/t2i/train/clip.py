@@ -2,7 +2,9 @@
 
 1. If MODEL_DIR/tokenizer.json is missing, train the byte-level BPE tokenizer on the training
    captions (deterministic) and save it; their words and counts go to MODEL_DIR/vocabulary.json.
-2. Train CLIP on (image, caption) pairs with the shared loop. Loss: the symmetric contrastive
+2. Train CLIP on (image, caption) pairs with the shared loop. A CLIP whose image tower reads
+   VAE latents (`image_input="latents"`) trains on the latent cache (MODEL_DIR/latents, from
+   `t2i encode`) instead of pixels, and scores pixels through MODEL_DIR/vae. Loss: the symmetric contrastive
    loss with multi-positive soft targets (`--loss multipos`, default): pairs whose captions or
    attribute vectors are identical are positives of each other, so duplicates are not pushed
    apart; `--loss infonce` is CLIP's plain InfoNCE. Optional extras (on in the presets):
@@ -36,9 +38,11 @@ from t2i.config import replace
 from t2i.data.caption_edits import hard_negative_caption
 from t2i.data.captions import varied_attributes
 from t2i.data.celeba import FaceDataset
+from t2i.data.latents import LatentCache
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from t2i.train.clip_metrics import evaluate
+from t2i.train.encode import load_vae
 from t2i.train.loop import (
     Context,
     LoopConfig,
@@ -114,6 +118,33 @@ PRESETS: dict[str, ClipPreset] = {
 }
 
 
+class CachedLatentImages(torch.utils.data.Dataset):
+    """The latent cache as a latent-reading CLIP's training images: `ds[(i, sample_seed)]` ->
+    {"image": normalised posterior mean (C, h, w), "caption", "attributes"}. The sample seed
+    picks the caption and the flip variant (the cache holds the flipped image's latents), as
+    FaceDataset picks a caption and a flip. The mean, not a sample: the posterior's std is
+    ~0.005, noise CLIP has no use for."""
+
+    def __init__(self, cache: LatentCache):
+        if cache.captions is None:
+            raise ValueError(f"latent cache {cache.directory} has no captions; re-encode a captioned dataset")
+        # Small enough to hold (20k x 2 x 4x16x16 float32 = 80 MB).
+        mean = torch.tensor(np.asarray(cache.mean), dtype=torch.float32)  # (V, N, C, h, w)
+        self.latents = torch.stack([cache.normalize(m) for m in mean])
+        self.attributes = torch.from_numpy(np.asarray(cache.attributes, dtype=np.float32))  # (N, 40)
+        self.captions = cache.captions
+
+    def __len__(self) -> int:
+        return self.latents.shape[1]
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, key)
+        rng = random.Random(f"{i}/{seed}")
+        caps = self.captions[i]
+        return {"image": self.latents[rng.randrange(self.latents.shape[0]), i],
+                "caption": caps[rng.randrange(len(caps))], "attributes": self.attributes[i]}
+
+
 def caption_key(caption: str) -> int:
     """A stable 63-bit hash of a caption (identical across processes, unlike `hash`)."""
     return int.from_bytes(hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest(), "little") >> 1
@@ -123,12 +154,13 @@ class ClipStage(Stage):
     name = "clip"
 
     def __init__(self, preset: ClipPreset, tokenizer: CaptionTokenizer, val_set=None, varied=(),
-                 attribute_rates=None):
+                 attribute_rates=None, vae=None):
         if preset.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
         self.preset = preset
         self.tokenizer = tokenizer
         self.val_set = val_set
+        self.vae = vae  # a latent-reading CLIP scores the (pixel) validation images through it
         self.varied = tuple(varied)
         # Without attribute labels (captions only) there is nothing to flip into a false claim
         # and no attribute vector to match: hard negatives are off, and the positives of an
@@ -235,6 +267,8 @@ class ClipStage(Stage):
 
     def finish(self, ctx: Context) -> dict:
         model = ctx.ema("clip").eval()
+        if self.vae is not None:
+            model.attach_vae(self.vae.to(ctx.device))
         t0 = time.perf_counter()
         metrics: dict = {}
         if self.val_set is not None and len(self.val_set):
@@ -338,10 +372,12 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
     data, out = Path(data), Path(out)
     if preset.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {preset.loss!r}")
+    latents = preset.model.image_input == "latents"
     train_set = FaceDataset(data, split="train", image_size=preset.image_size, flip=preset.flip,
-                            preload=preload, options=data_options)
+                            preload=preload and not latents, options=data_options)
     if len(train_set) == 0:
         raise ValueError(f"{data}: the train split is empty")
+    vae, images = _latent_training_set(out, preset, train_set) if latents else (None, train_set)
     try:
         val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload, options=data_options)
     except ValueError as e:
@@ -352,13 +388,33 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
                               options=data_options)
     tokenizer = ensure_tokenizer(out, train_set, preset.vocab_size, preset.context_length, preset.tokenizer_images)
     varied = varied_attributes(np.where(train_set.attributes > 0, 1, -1)) if train_set.has_attributes else ()
-    stage = ClipStage(preset, tokenizer, val_set, varied, attribute_rates=train_set.attributes.mean(axis=0))
-    metrics = train(stage, train_set, preset.loop, out)
+    stage = ClipStage(preset, tokenizer, val_set, varied, attribute_rates=train_set.attributes.mean(axis=0), vae=vae)
+    metrics = train(stage, images, preset.loop, out)
     if metrics:
         keys = ("zeroshot_mean_accuracy", "zeroshot_mean_balanced_accuracy", "train_seconds")
         print(f"[clip] {json.dumps({k: metrics[k] for k in keys if k in metrics})} -> {out / 'clip'}")
         atomic_write_json(out / "clip" / "metrics.json", metrics)  # with the loop's timing fields
     return metrics
+
+
+def _latent_training_set(out: Path, preset: ClipPreset, train_set: FaceDataset):
+    """(VAE, CachedLatentImages) for a latent-reading CLIP: OUT/vae and the cache `t2i encode`
+    wrote from it, checked to match the tower and the training split."""
+    vae_dir, cache_dir = out / "vae", out / "latents"
+    if not (vae_dir / "model.safetensors").is_file() or not (cache_dir / "index.json").is_file():
+        raise FileNotFoundError(
+            f"this CLIP reads VAE latents: it needs {vae_dir} and the latent cache {cache_dir}; run "
+            f"`t2i train vae --out {out}` and `t2i encode --vae {out} --out {cache_dir} --flip` first")
+    vae = load_vae(vae_dir)
+    cache = LatentCache.open(cache_dir, expect_vae_hash=vae.fingerprint())
+    expected = (preset.model.latent_channels, preset.model.image_size, preset.model.image_size)
+    if tuple(cache.latent_shape) != expected:
+        raise ValueError(f"{cache_dir} holds latents of shape {tuple(cache.latent_shape)}, but the image "
+                         f"tower reads {expected} (clip.model.latent_channels, image_size)")
+    if cache.ids != list(train_set.image_ids):
+        raise ValueError(f"{cache_dir} was encoded from other images than the training split of the "
+                         f"data; re-run `t2i encode`")
+    return vae, CachedLatentImages(cache)
 
 
 def run(args: argparse.Namespace) -> int:
