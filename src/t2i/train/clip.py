@@ -2,9 +2,9 @@
 
 1. If MODEL_DIR/tokenizer.json is missing, train the byte-level BPE tokenizer on the training
    captions (deterministic) and save it; their words and counts go to MODEL_DIR/vocabulary.json.
-2. Train CLIP on (image, caption) pairs with the shared loop. A CLIP whose image tower reads
-   VAE latents (`image_input="latents"`) trains on the latent cache (MODEL_DIR/latents, from
-   `t2i encode`) instead of pixels, and scores pixels through MODEL_DIR/vae. Loss: the symmetric contrastive
+2. Train CLIP on (image, caption) pairs with the shared loop (a CLIP whose image tower reads
+   VAE latents, `image_input="latents"`, trains on the latent cache MODEL_DIR/latents from
+   `t2i encode` and scores pixels through MODEL_DIR/vae). Loss: the symmetric contrastive
    loss with multi-positive soft targets (`--loss multipos`, default): pairs whose captions or
    attribute vectors are identical are positives of each other, so duplicates are not pushed
    apart; `--loss infonce` is CLIP's plain InfoNCE. Optional extras (on in the presets):
