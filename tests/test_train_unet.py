@@ -180,3 +180,17 @@ def test_unet_metrics_record_the_run(tiny_model):
     metrics = json.loads((tiny_model / "unet" / "metrics.json").read_text())
     assert metrics["mixed_precision"] == "no" and metrics["parameters"] > 0
     assert metrics["train_seconds"] > 0 and metrics["steps"] >= 1 and metrics["resumed_from"] == 0
+
+
+def test_a_cache_from_other_data_is_refused(tiny_model, synth_dir, tmp_path, capsys):
+    from t2i.cli import main
+
+    model = parts_dir(tiny_model, tmp_path / "model")
+    other = tmp_path / "other"
+    assert main(["data", "synth", "--out", str(other), "--n", "24", "--seed", "1"]) == 0
+    argv = ["train", "unet", "--out", str(model), "--preset", "tiny", "--steps", "1"]
+    assert main([*argv, "--data", str(other)]) != 0  # the cache holds synth_dir's latents
+    err = capsys.readouterr().err
+    assert f"latent cache {model / 'latents'}" in err and "delete" in err
+    assert not (model / "unet").exists()
+    assert main([*argv, "--data", str(synth_dir)]) == 0

@@ -42,7 +42,7 @@ from t2i.data.latents import LatentCache
 from t2i.models.clip import CLIP, CLIPConfig, contrastive_loss, positive_mask
 from t2i.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 from t2i.train.clip_metrics import evaluate
-from t2i.train.encode import load_vae
+from t2i.train.encode import check_cache_matches, load_vae
 from t2i.train.loop import (
     Context,
     LoopConfig,
@@ -411,9 +411,7 @@ def _latent_training_set(out: Path, preset: ClipPreset, train_set: FaceDataset):
     if tuple(cache.latent_shape) != expected:
         raise ValueError(f"{cache_dir} holds latents of shape {tuple(cache.latent_shape)}, but the image "
                          f"tower reads {expected} (clip.model.latent_channels, image_size)")
-    if cache.ids != list(train_set.image_ids):
-        raise ValueError(f"{cache_dir} was encoded from other images than the training split of the "
-                         f"data; re-run `t2i encode`")
+    check_cache_matches(cache, train_set)
     return vae, CachedLatentImages(cache)
 
 

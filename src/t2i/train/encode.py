@@ -169,6 +169,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
 
 
+def check_cache_matches(cache: LatentCache, dataset: FaceDataset) -> None:
+    """Refuse a latent cache made from other images or other captions than `dataset` (another
+    --data, split or caption column): a stage would otherwise train on stale data in silence.
+    (`t2i train all` re-encodes when the data changes; a stage run alone checks here.)"""
+    fix = f"delete {cache.directory} to re-encode, or pass another --cache"
+    if cache.ids != list(dataset.image_ids):
+        raise ValueError(f"latent cache {cache.directory} holds {len(cache)} images of "
+                         f"{cache.meta.get('data_root', 'another dataset')}, not the {len(dataset)} of the "
+                         f"{dataset.split} split of {dataset.root}; {fix}")
+    if cache.captions is not None and [list(c) for c in cache.captions] != [list(c) for c in dataset.captions]:
+        raise ValueError(f"latent cache {cache.directory} holds other captions than {dataset.root} gives "
+                         f"(another caption column?); {fix}")
+
+
 def encode_data(data: str | Path, out: str | Path, vae: str | None = None, split: str = "train",
                 flip: bool = False, image_size: int | None = None, batch_size: int = 128,
                 device: str | None = None, precision: str = "auto", preload: bool = True,

@@ -20,13 +20,14 @@ import torch
 
 from t2i.checkpoint import atomic_write_json, resolve_component, save_component
 from t2i.config import config_to_dict, replace
+from t2i.data.celeba import FaceDataset
 from t2i.data.latents import LatentCache
 from t2i.diffusion.schedule import NoiseSchedule
 from t2i.imaging import image_grid
 from t2i.models.unet import UNET_PRESETS, UNet, UNetConfig
 from t2i.prompt_syntax import escape
 from t2i.text_encoder import TextEncoder
-from t2i.train.encode import encode_data, load_vae
+from t2i.train.encode import check_cache_matches, encode_data, load_vae
 from t2i.train.loop import (
     LoopConfig,
     Stage,
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[unet] no latent cache at {cache_dir}; encoding {args.data} with {vae_dir}")
             encode_data(args.data, cache_dir, vae=str(vae_dir), flip=True, options=recipe["data"])
     cache = LatentCache.open(cache_dir, expect_vae_hash=load_vae(vae_dir).fingerprint())
+    check_cache_matches(cache, FaceDataset(args.data, split=cache.meta.get("split", "train"), options=recipe["data"]))
     stage = UNetStage(cfg, text_encoder, cache, vae_dir, image_size=int(cache.meta.get("image_size", 64)))
     metrics = train(stage, LatentDataset(cache, cfg.complete_caption_prob), cfg.loop, out)
     if metrics:  # the loop adds timing and the precision that ran after `finish` wrote its part
