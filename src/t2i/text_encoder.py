@@ -1,8 +1,9 @@
 """The frozen text encoder the denoiser conditions on, plus CLIP-score helpers.
 
 `TextEncoder.from_pretrained(model_dir)` loads `model_dir/tokenizer.json` and `model_dir/clip/`
-(safetensors + JSON only), and `model_dir/vae/` too when CLIP's image tower reads latents. `encode(prompts)` returns what the UNet's cross-attention needs:
-per-token hidden states, their padding mask and the pooled (EOS) embedding. The empty string
+(safetensors + JSON only), and `model_dir/vae/` too when CLIP's image tower reads latents.
+`encode(prompts)` returns what the UNet's cross-attention needs: per-token hidden states,
+their padding mask and the pooled (EOS) embedding. The empty string
 `""` encodes as `<bos> <eos>` and is the unconditional input for classifier-free guidance.
 
 Import rule: this module is used by the pipeline, so it must not import `t2i.data` or
