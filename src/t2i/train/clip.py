@@ -56,6 +56,7 @@ from t2i.train.loop import (
     train,
 )
 from t2i.train.tokenizer import ensure_tokenizer
+from t2i.train.unet import LatentDataset
 
 LOSSES = ("multipos", "infonce")
 
@@ -118,31 +119,21 @@ PRESETS: dict[str, ClipPreset] = {
 }
 
 
-class CachedLatentImages(torch.utils.data.Dataset):
-    """The latent cache as a latent-reading CLIP's training images: `ds[(i, sample_seed)]` ->
-    {"image": normalised posterior mean (C, h, w), "caption", "attributes"}. The sample seed
-    picks the caption and the flip variant (the cache holds the flipped image's latents), as
-    FaceDataset picks a caption and a flip. The mean, not a sample: the posterior's std is
+class CachedLatentImages(LatentDataset):
+    """The UNet's latent dataset as a latent-reading CLIP's training images: `ds[(i, seed)]` ->
+    {"image": the normalised posterior mean (C, h, w), "caption", "attributes"}, the caption and
+    flip variant picked by the sample seed. The mean, not a sample: the posterior's std is
     ~0.005, noise CLIP has no use for."""
 
     def __init__(self, cache: LatentCache):
-        if cache.captions is None:
-            raise ValueError(f"latent cache {cache.directory} has no captions; re-encode a captioned dataset")
-        # Small enough to hold (20k x 2 x 4x16x16 float32 = 80 MB).
-        mean = torch.tensor(np.asarray(cache.mean), dtype=torch.float32)  # (V, N, C, h, w)
-        self.latents = torch.stack([cache.normalize(m) for m in mean])
+        super().__init__(cache)
         self.attributes = torch.from_numpy(np.asarray(cache.attributes, dtype=np.float32))  # (N, 40)
-        self.captions = cache.captions
-
-    def __len__(self) -> int:
-        return self.latents.shape[1]
 
     def __getitem__(self, key):
-        i, seed = key if isinstance(key, tuple) else (key, key)
-        rng = random.Random(f"{i}/{seed}")
-        caps = self.captions[i]
-        return {"image": self.latents[rng.randrange(self.latents.shape[0]), i],
-                "caption": caps[rng.randrange(len(caps))], "attributes": self.attributes[i]}
+        item = super().__getitem__(key)
+        i = key[0] if isinstance(key, tuple) else key
+        return {"image": self.cache.normalize(item["mean"][None])[0], "caption": item["caption"],
+                "attributes": self.attributes[i]}
 
 
 def caption_key(caption: str) -> int:
