@@ -353,13 +353,13 @@ def test_clip_on_latents_trains_after_the_latent_cache(synth_dir, tmp_path, caps
     # In `t2i train all`, the latent cache is written before CLIP, which trains on it.
     out = tmp_path / "model"
     assert main(["train", "all", "--data", str(synth_dir), "--out", str(out), "--preset", "tiny",
-                 "--skip", "unet", "judge", "eval", *latent_tower]) == 0
+                 "--skip", "unet", "judge", "eval", *latent_tower, "--set", "vae.model.latent_channels=3"]) == 0
     index = json.loads((out / "model_index.json").read_text())
     assert list(index["stages"]) == ["vae", "encode", "clip"]
     metrics = json.loads((out / "clip" / "metrics.json").read_text())
     assert metrics["steps"] == 20 and 0 <= metrics["zeroshot_mean_accuracy"] <= 1  # scored through the VAE
     enc = TextEncoder.from_pretrained(out)
-    assert enc.clip.config.image_input == "latents"
+    assert enc.clip.config.image_input == "latents" and enc.clip.config.latent_channels == 3  # the VAE's
     assert enc.image_features(torch.rand(3, 3, 32, 32) * 2 - 1).shape == (3, enc.embed_dim)
 
 

@@ -369,6 +369,8 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
     if len(train_set) == 0:
         raise ValueError(f"{data}: the train split is empty")
     vae, images = _latent_training_set(out, preset, train_set) if latents else (None, train_set)
+    if vae is not None:  # the tower reads as many channels as the VAE writes, as the UNet does
+        preset = replace(preset, model=replace(preset.model, latent_channels=vae.config.latent_channels))
     try:
         val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload, options=data_options)
     except ValueError as e:
@@ -398,10 +400,10 @@ def _latent_training_set(out: Path, preset: ClipPreset, train_set: FaceDataset):
             f"`t2i train vae --out {out}` and `t2i encode --vae {out} --out {cache_dir} --flip` first")
     vae = load_vae(vae_dir)
     cache = LatentCache.open(cache_dir, expect_vae_hash=vae.fingerprint())
-    expected = (preset.model.latent_channels, preset.model.image_size, preset.model.image_size)
-    if tuple(cache.latent_shape) != expected:
+    size = preset.model.image_size
+    if tuple(cache.latent_shape[1:]) != (size, size):
         raise ValueError(f"{cache_dir} holds latents of shape {tuple(cache.latent_shape)}, but the image "
-                         f"tower reads {expected} (clip.model.latent_channels, image_size)")
+                         f"tower reads {size}x{size} (clip.model.image_size)")
     check_cache_matches(cache, train_set)
     return vae, CachedLatentImages(cache)
 
