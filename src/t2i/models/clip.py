@@ -56,7 +56,7 @@ class CLIPConfig:
     # What the image tower reads: "pixels" (RGB in [-1, 1]) or "latents" (the VAE's normalised
     # latents, `latent_channels` x image_size x image_size; `encode_image` makes them from pixels).
     image_input: str = "pixels"
-    latent_channels: int = 4  # `t2i train clip` sets it to the VAE's
+    latent_channels: int = 4  # training sets it to the VAE's
     stem_stride: int = 2
     image_channels: tuple[int, ...] = (32, 64, 128)
     image_blocks: int = 1  # ResBlocks per stage

@@ -164,9 +164,10 @@ class ClipStage(Stage):
         rates = torch.full((NUM_ATTRIBUTES,), 0.5) if attribute_rates is None else torch.as_tensor(
             attribute_rates, dtype=torch.float32)
         self.attr_pos_weight = ((1 - rates[cols]) / rates[cols].clamp(min=1e-3)).clamp(max=30.0)
-        self.config = dataclasses.replace(
-            preset.model, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length
-        )
+        # Sizes the data decides: the tokenizer's, and a latent tower's input channels (the VAE's).
+        latent_channels = vae.config.latent_channels if vae is not None else preset.model.latent_channels
+        self.config = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size,
+                                          context_length=tokenizer.context_length, latent_channels=latent_channels)
 
     def build(self):
         modules = {"clip": CLIP(self.config)}
@@ -369,8 +370,6 @@ def train_clip(data: str | Path, out: str | Path, preset: ClipPreset, preload: b
     if len(train_set) == 0:
         raise ValueError(f"{data}: the train split is empty")
     vae, images = _latent_training_set(out, preset, train_set) if latents else (None, train_set)
-    if vae is not None:  # the tower reads as many channels as the VAE writes, as the UNet does
-        preset = replace(preset, model=replace(preset.model, latent_channels=vae.config.latent_channels))
     try:
         val_set = FaceDataset(data, split="val", image_size=preset.image_size, preload=preload, options=data_options)
     except ValueError as e:
